@@ -1,0 +1,69 @@
+#include "mirror/group_commit.h"
+
+#include <spdlog/spdlog.h>
+
+namespace mirror {
+
+using base::Status;
+
+void GroupCommit::RequestDurable(StoreDone done) {
+  if (failed()) {
+    asio::post(io_, [done = std::move(done), failure = failure_] {
+      done(Status::Error(EIO, "earlier datasync failed (" + failure.ToString() + ")"));
+    });
+    return;
+  }
+  if (completed_writes_ == durable_writes_) {
+    asio::post(io_, [done = std::move(done)] { done(Status::Ok()); });
+    return;
+  }
+  if (syncing_ && completed_writes_ == syncing_writes_) {
+    // The running datasync started after every write this request must cover.
+    running_batch_.push_back(std::move(done));
+    return;
+  }
+  next_batch_.push_back(std::move(done));
+  if (!syncing_) {
+    StartDatasync();
+  }
+}
+
+void GroupCommit::StartDatasync() {
+  syncing_ = true;
+  syncing_writes_ = completed_writes_;
+  running_batch_ = std::move(next_batch_);
+  next_batch_.clear();
+  ++datasync_count_;
+  Status st = store_.Datasync([this](Status result) { OnDatasyncDone(std::move(result)); });
+  if (!st.ok()) {
+    asio::post(io_, [this, st] { OnDatasyncDone(st); });
+  }
+}
+
+void GroupCommit::OnDatasyncDone(Status status) {
+  syncing_ = false;
+  if (status.ok()) {
+    durable_writes_ = syncing_writes_;
+  } else if (!failed()) {
+    spdlog::critical("datasync failed; the local disk is marked Failed: {}", status.ToString());
+    failure_ = status;
+  }
+  auto batch = std::move(running_batch_);
+  running_batch_.clear();
+  for (auto& done : batch) {
+    done(status.ok() ? Status::Ok() : Status::Error(EIO, "datasync: " + status.ToString()));
+  }
+  if (!next_batch_.empty()) {
+    if (failed()) {
+      auto rest = std::move(next_batch_);
+      next_batch_.clear();
+      for (auto& done : rest) {
+        done(Status::Error(EIO, "earlier datasync failed (" + failure_.ToString() + ")"));
+      }
+    } else {
+      StartDatasync();
+    }
+  }
+}
+
+}  // namespace mirror

@@ -1,0 +1,484 @@
+#include "nbd-server/nbd_connection.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "nbd-server/nbd_errors.h"
+#include "nbd-server/protocol.h"
+
+namespace nbd {
+namespace {
+
+using base::Status;
+
+constexpr size_t kReadAheadBytes = 64 * 1024;
+// Payload tails at least this large are read straight into their buffer, skipping a copy.
+constexpr size_t kDirectReadBytes = 16 * 1024;
+constexpr size_t kMaxRepliesPerWrite = 64;
+
+Status SocketStatus(const boost::system::error_code& ec, const char* what) {
+  if (ec == asio::error::eof) {
+    return Status::Error(ECONNRESET, std::string(what) + ": client closed the connection");
+  }
+  return Status::Error(ec.value() > 0 ? ec.value() : EIO, std::string(what) + ": " + ec.message());
+}
+
+}  // namespace
+
+NbdConnection::NbdConnection(Socket socket, BlockDevice& device, const ExportInfo& info,
+                             BufferPool& pool, std::string client_name)
+    : socket_(std::move(socket)),
+      device_(device),
+      info_(info),
+      pool_(pool),
+      client_name_(std::move(client_name)),
+      negotiator_(info),
+      read_ahead_(kReadAheadBytes),
+      slots_(kMaxRequestsInFlight),
+      reader_wakeup_(socket_.get_executor()),
+      writer_wakeup_(socket_.get_executor()) {
+  free_slots_.reserve(kMaxRequestsInFlight);
+  for (size_t i = kMaxRequestsInFlight; i > 0; --i) {
+    free_slots_.push_back(i - 1);
+  }
+}
+
+asio::awaitable<void> NbdConnection::Run() {
+  auto self = shared_from_this();
+  Status negotiated = co_await Negotiate();
+  if (!negotiated.ok()) {
+    if (negotiated.errno_value() != ECONNRESET) {
+      spdlog::warn("nbd {}: handshake ended: {}", client_name_, negotiated.ToString());
+    }
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    co_return;
+  }
+  spdlog::debug("nbd {}: transmission (structured replies: {}, base:allocation: {})",
+                client_name_, negotiator_.negotiated().structured_replies,
+                negotiator_.negotiated().base_allocation);
+  asio::co_spawn(socket_.get_executor(), WriteReplies(), asio::detached);
+  co_await ReadRequests();
+  // Every request read so far completes and gets its reply before the socket closes.
+  while (in_flight_ > 0) {
+    co_await reader_wakeup_.Wait();
+  }
+  writer_exit_ = true;
+  writer_wakeup_.Notify();
+  boost::system::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_both, ignored);
+  socket_.close(ignored);
+  spdlog::debug("nbd {}: closed", client_name_);
+}
+
+void NbdConnection::Stop() {
+  stopping_ = true;
+  // Shutting down the receive side wakes a pending read with EOF; replies still go out.
+  boost::system::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_receive, ignored);
+  reader_wakeup_.Notify();
+}
+
+asio::awaitable<Status> NbdConnection::SendBytes(std::span<const std::byte> bytes) {
+  boost::system::error_code ec;
+  co_await asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()),
+                             asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    co_return SocketStatus(ec, "send");
+  }
+  co_return Status::Ok();
+}
+
+asio::awaitable<Status> NbdConnection::Negotiate() {
+  Status sent = co_await SendBytes(negotiator_.Greeting());
+  if (!sent.ok()) {
+    co_return sent;
+  }
+  std::array<std::byte, 4> flags{};
+  if (Status st = co_await ReadExact(flags); !st.ok()) {
+    co_return st;
+  }
+  if (Status st = negotiator_.AcceptClientFlags(flags); !st.ok()) {
+    co_return st;
+  }
+  std::vector<std::byte> data;
+  while (!stopping_) {
+    std::array<std::byte, kOptionHeaderBytes> raw{};
+    if (Status st = co_await ReadExact(raw); !st.ok()) {
+      co_return st;
+    }
+    auto header = negotiator_.ParseOptionHeader(raw);
+    if (!header.ok()) {
+      co_return header.status();
+    }
+    data.resize(header.value().length_bytes);
+    if (Status st = co_await ReadExact(data); !st.ok()) {
+      co_return st;
+    }
+    OptionReply reply = negotiator_.HandleOption(header.value().option, data);
+    if (!reply.log.empty()) {
+      spdlog::info("nbd {}: option {}: {}", client_name_, header.value().option, reply.log);
+    }
+    if (reply.next == NextStep::kDrop) {
+      co_return Status::Error(EPROTO, reply.log);
+    }
+    if (Status st = co_await SendBytes(reply.bytes); !st.ok()) {
+      co_return st;
+    }
+    if (reply.next == NextStep::kClose) {
+      co_return Status::Error(ECONNRESET, "client aborted the handshake");
+    }
+    if (reply.next == NextStep::kTransmission) {
+      co_return Status::Ok();
+    }
+  }
+  co_return Status::Error(ESHUTDOWN, "server is stopping");
+}
+
+asio::awaitable<Status> NbdConnection::ReadExact(std::span<std::byte> out) {
+  size_t done = std::min(out.size(), read_end_ - read_begin_);
+  std::memcpy(out.data(), read_ahead_.data() + read_begin_, done);
+  read_begin_ += done;
+  boost::system::error_code ec;
+  while (done < out.size()) {
+    const size_t left = out.size() - done;
+    if (left >= kDirectReadBytes) {
+      done += co_await socket_.async_read_some(asio::buffer(out.data() + done, left),
+                                               asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      read_begin_ = 0;
+      read_end_ = co_await socket_.async_read_some(asio::buffer(read_ahead_),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+      const size_t take = std::min(left, read_end_);
+      std::memcpy(out.data() + done, read_ahead_.data(), take);
+      read_begin_ = take;
+      done += take;
+    }
+    if (ec) {
+      co_return SocketStatus(ec, "receive");
+    }
+  }
+  co_return Status::Ok();
+}
+
+asio::awaitable<Status> NbdConnection::SkipExact(size_t bytes) {
+  while (bytes > 0) {
+    if (read_begin_ == read_end_) {
+      boost::system::error_code ec;
+      read_begin_ = 0;
+      read_end_ = co_await socket_.async_read_some(asio::buffer(read_ahead_),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        co_return SocketStatus(ec, "receive");
+      }
+    }
+    const size_t take = std::min(bytes, read_end_ - read_begin_);
+    read_begin_ += take;
+    bytes -= take;
+  }
+  co_return Status::Ok();
+}
+
+asio::awaitable<Buffer> NbdConnection::AcquireBuffer(size_t bytes) {
+  for (;;) {
+    if (auto buffer = pool_.TryAcquire(bytes)) {
+      co_return std::move(*buffer);
+    }
+    // The pool is spent: stop reading until some request, on any connection, gives one back.
+    std::weak_ptr<NbdConnection> weak = weak_from_this();
+    pool_.NotifyOnRelease([weak] {
+      if (auto self = weak.lock()) {
+        self->reader_wakeup_.Notify();
+      }
+    });
+    co_await reader_wakeup_.Wait();
+  }
+}
+
+size_t NbdConnection::TakeSlot() {
+  CHECK(!free_slots_.empty());
+  const size_t slot = free_slots_.back();
+  free_slots_.pop_back();
+  slots_[slot].in_use = true;
+  ++in_flight_;
+  return slot;
+}
+
+void NbdConnection::ReleaseSlot(size_t slot) {
+  CHECK(slots_[slot].in_use);
+  slots_[slot].in_use = false;
+  slots_[slot].buffer = Buffer();
+  free_slots_.push_back(slot);
+  --in_flight_;
+  reader_wakeup_.Notify();
+}
+
+asio::awaitable<void> NbdConnection::ReadRequests() {
+  while (!stopping_ && !socket_broken_) {
+    while (free_slots_.empty() && !stopping_) {
+      co_await reader_wakeup_.Wait();
+    }
+    if (stopping_) {
+      break;
+    }
+    std::array<std::byte, kRequestHeaderBytes> raw{};
+    if (Status st = co_await ReadExact(raw); !st.ok()) {
+      if (st.errno_value() != ECONNRESET) {
+        spdlog::info("nbd {}: {}", client_name_, st.ToString());
+      }
+      break;
+    }
+    auto parsed = ParseRequestHeader(raw);
+    if (!parsed.ok()) {
+      // The stream is out of step; nothing after this can be trusted.
+      spdlog::warn("nbd {}: {}; dropping the connection", client_name_,
+                   parsed.status().message());
+      break;
+    }
+    const Request request = parsed.value();
+    if (request.type == static_cast<uint16_t>(Command::kDisconnect)) {
+      break;
+    }
+    const size_t slot = TakeSlot();
+    slots_[slot].request = request;
+    const Verdict verdict = ValidateRequest(request, info_, negotiator_.negotiated());
+    if (!verdict.ok()) {
+      spdlog::warn("nbd {}: rejected: {}", client_name_, verdict.why);
+      if (request.HasPayload()) {
+        if (Status st = co_await SkipExact(request.length_bytes); !st.ok()) {
+          ReleaseSlot(slot);
+          break;
+        }
+      }
+      ReplySimple(slot, verdict.nbd_error);
+      continue;
+    }
+    const auto type = static_cast<Command>(request.type);
+    if ((type == Command::kRead || type == Command::kWrite) && request.length_bytes > 0) {
+      slots_[slot].buffer = co_await AcquireBuffer(request.length_bytes);
+    }
+    if (type == Command::kWrite && request.length_bytes > 0) {
+      if (Status st = co_await ReadExact(slots_[slot].buffer.span()); !st.ok()) {
+        // A client that vanishes mid-payload gets nothing written.
+        spdlog::info("nbd {}: WRITE payload cut short: {}", client_name_, st.ToString());
+        ReleaseSlot(slot);
+        break;
+      }
+    }
+    Dispatch(slot);
+  }
+}
+
+void NbdConnection::Dispatch(size_t slot) {
+  const Request& r = slots_[slot].request;
+  const auto type = static_cast<Command>(r.type);
+  if ((type == Command::kRead || type == Command::kWrite) && r.length_bytes == 0) {
+    ReplySimple(slot, 0);
+    return;
+  }
+  Submit(slot);
+}
+
+void NbdConnection::Submit(size_t slot) {
+  const Request& r = slots_[slot].request;
+  auto self = shared_from_this();
+  auto done = [self, slot](Status st) { self->OnDone(slot, st); };
+  const bool fua = (r.flags & kCmdFlagFua) != 0;
+  Status submitted;
+  switch (static_cast<Command>(r.type)) {
+    case Command::kRead:
+      submitted = device_.Read(r.offset_bytes, slots_[slot].buffer.span(), done);
+      break;
+    case Command::kWrite:
+      submitted = device_.Write(r.offset_bytes, slots_[slot].buffer.span(), fua, done);
+      break;
+    case Command::kFlush:
+      submitted = device_.Flush(done);
+      break;
+    case Command::kTrim:
+      submitted = device_.Trim(r.offset_bytes, r.length_bytes, fua, done);
+      break;
+    case Command::kWriteZeroes: {
+      ZeroOptions options;
+      options.may_punch_hole = (r.flags & kCmdFlagNoHole) == 0;
+      options.fast_only = (r.flags & kCmdFlagFastZero) != 0;
+      submitted = device_.WriteZeroes(r.offset_bytes, r.length_bytes, options, fua, done);
+      break;
+    }
+    case Command::kCache:
+      submitted = device_.Cache(r.offset_bytes, r.length_bytes, done);
+      break;
+    case Command::kBlockStatus:
+      submitted = device_.BlockStatus(
+          r.offset_bytes, r.length_bytes,
+          [self, slot](base::Result<std::vector<Extent>> result) {
+            self->OnExtents(slot, std::move(result));
+          });
+      break;
+    case Command::kDisconnect:
+      CHECK(false);
+  }
+  if (!submitted.ok()) {
+    OnDone(slot, submitted);
+  }
+}
+
+void NbdConnection::OnDone(size_t slot, const Status& status) {
+  const Request& r = slots_[slot].request;
+  if (!status.ok()) {
+    // Logged once here, with the detail the client will not see.
+    const bool fast_zero_refused = status.errno_value() == ENOTSUP;
+    if (!fast_zero_refused) {
+      spdlog::error("nbd {}: {} at {}+{} failed: {}", client_name_, CommandName(r.type),
+                    r.offset_bytes, r.length_bytes, status.ToString());
+    }
+  }
+  const uint32_t error = ToNbdError(status);
+  if (r.type == static_cast<uint16_t>(Command::kRead) &&
+      negotiator_.negotiated().structured_replies) {
+    if (error == 0) {
+      ReplyReadChunk(slot);
+    } else {
+      ReplyErrorChunk(slot, error, status.message());
+    }
+    return;
+  }
+  const bool with_data = error == 0 && r.type == static_cast<uint16_t>(Command::kRead);
+  ReplySimple(slot, error, with_data ? std::span<const std::byte>(slots_[slot].buffer.span())
+                                     : std::span<const std::byte>());
+}
+
+void NbdConnection::OnExtents(size_t slot, base::Result<std::vector<Extent>> result) {
+  if (!result.ok()) {
+    OnDone(slot, result.status());
+    return;
+  }
+  const Request& r = slots_[slot].request;
+  PendingReply reply;
+  reply.slot = slot;
+  WireWriter w(reply.extra);
+  w.U32(kBaseAllocationContextId);
+  uint64_t covered = 0;
+  for (const Extent& e : result.value()) {
+    if (e.length_bytes == 0 || covered >= r.length_bytes) {
+      break;
+    }
+    const uint64_t length = std::min<uint64_t>(e.length_bytes, r.length_bytes - covered);
+    w.U32(static_cast<uint32_t>(length));
+    w.U32(e.hole ? (kStateHole | kStateZero) : 0);
+    covered += length;
+    if ((r.flags & kCmdFlagReqOne) != 0) {
+      break;
+    }
+  }
+  if (covered == 0) {
+    OnDone(slot, Status::Error(EIO, "block status returned no extents"));
+    return;
+  }
+  std::byte* h = reply.header.data();
+  StoreBe32(h, kStructuredReplyMagic);
+  StoreBe16(h + 4, kChunkFlagDone);
+  StoreBe16(h + 6, kChunkBlockStatus);
+  StoreBe64(h + 8, r.cookie);
+  StoreBe32(h + 16, static_cast<uint32_t>(reply.extra.size()));
+  reply.header_bytes = kStructuredReplyHeaderBytes;
+  QueueReply(std::move(reply));
+}
+
+void NbdConnection::ReplySimple(size_t slot, uint32_t nbd_error,
+                                std::span<const std::byte> data) {
+  PendingReply reply;
+  reply.slot = slot;
+  std::byte* h = reply.header.data();
+  StoreBe32(h, kSimpleReplyMagic);
+  StoreBe32(h + 4, nbd_error);
+  StoreBe64(h + 8, slots_[slot].request.cookie);
+  reply.header_bytes = kSimpleReplyHeaderBytes;
+  reply.data = data;
+  QueueReply(std::move(reply));
+}
+
+void NbdConnection::ReplyReadChunk(size_t slot) {
+  const Request& r = slots_[slot].request;
+  PendingReply reply;
+  reply.slot = slot;
+  std::byte* h = reply.header.data();
+  StoreBe32(h, kStructuredReplyMagic);
+  StoreBe16(h + 4, kChunkFlagDone);
+  StoreBe16(h + 6, kChunkOffsetData);
+  StoreBe64(h + 8, r.cookie);
+  StoreBe32(h + 16, 8 + r.length_bytes);
+  StoreBe64(h + 20, r.offset_bytes);
+  reply.header_bytes = kStructuredReplyHeaderBytes + 8;
+  reply.data = slots_[slot].buffer.span();
+  QueueReply(std::move(reply));
+}
+
+void NbdConnection::ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::string& message) {
+  PendingReply reply;
+  reply.slot = slot;
+  const std::string text = message.substr(0, 1024);
+  WireWriter w(reply.extra);
+  w.U32(nbd_error);
+  w.U16(static_cast<uint16_t>(text.size()));
+  w.Text(text);
+  std::byte* h = reply.header.data();
+  StoreBe32(h, kStructuredReplyMagic);
+  StoreBe16(h + 4, kChunkFlagDone);
+  StoreBe16(h + 6, kChunkError);
+  StoreBe64(h + 8, slots_[slot].request.cookie);
+  StoreBe32(h + 16, static_cast<uint32_t>(reply.extra.size()));
+  reply.header_bytes = kStructuredReplyHeaderBytes;
+  QueueReply(std::move(reply));
+}
+
+void NbdConnection::QueueReply(PendingReply reply) {
+  replies_.push_back(std::move(reply));
+  writer_wakeup_.Notify();
+}
+
+asio::awaitable<void> NbdConnection::WriteReplies() {
+  auto self = shared_from_this();
+  std::vector<PendingReply> batch;
+  std::vector<asio::const_buffer> buffers;
+  for (;;) {
+    while (replies_.empty() && !writer_exit_) {
+      co_await writer_wakeup_.Wait();
+    }
+    if (replies_.empty()) {
+      co_return;
+    }
+    batch.clear();
+    buffers.clear();
+    while (!replies_.empty() && batch.size() < kMaxRepliesPerWrite) {
+      batch.push_back(std::move(replies_.front()));
+      replies_.pop_front();
+    }
+    for (const PendingReply& reply : batch) {
+      buffers.emplace_back(reply.header.data(), reply.header_bytes);
+      if (!reply.data.empty()) {
+        buffers.emplace_back(reply.data.data(), reply.data.size());
+      }
+      if (!reply.extra.empty()) {
+        buffers.emplace_back(reply.extra.data(), reply.extra.size());
+      }
+    }
+    if (!socket_broken_) {
+      boost::system::error_code ec;
+      co_await asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        // The client is gone; its remaining replies are dropped, its requests still complete.
+        spdlog::info("nbd {}: {}", client_name_, SocketStatus(ec, "send").ToString());
+        socket_broken_ = true;
+        Stop();
+      }
+    }
+    for (const PendingReply& reply : batch) {
+      ReleaseSlot(reply.slot);
+    }
+  }
+}
+
+}  // namespace nbd

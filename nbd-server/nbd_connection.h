@@ -1,0 +1,111 @@
+#pragma once
+// NbdConnection: one NBD client, from greeting to close.
+//
+// Run() negotiates (through the Negotiator), then reads requests and hands each to the
+// BlockDevice as soon as it is read, so many requests are in flight at once and replies go
+// out in completion order. A single writer coroutine sends queued replies, batching whatever
+// has accumulated into one gathered write, header and payload together.
+//
+// Flow control: at most kMaxRequestsInFlight requests per connection, and every payload lives
+// in a BufferPool buffer; when either runs out, the reader stops reading the socket until a
+// reply has gone out. Nothing grows without bound whatever the client sends.
+//
+// Ending: on NBD_CMD_DISC, EOF, a protocol violation, or Stop(), the reader stops; Run()
+// returns only after every request already read has completed and its reply was sent (or the
+// socket died). Acknowledged data is never lost by a disconnect: replies are sent only after the
+// device has completed the request.
+//
+// Lifetime: owned by shared_ptr; device callbacks hold a reference, so the connection outlives
+// its last in-flight request. Loop thread only.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/asio.h"
+#include "base/async_event.h"
+#include "base/status.h"
+#include "nbd-server/block_device.h"
+#include "nbd-server/buffer_pool.h"
+#include "nbd-server/export_info.h"
+#include "nbd-server/negotiator.h"
+#include "nbd-server/request.h"
+
+namespace nbd {
+
+inline constexpr size_t kMaxRequestsInFlight = 128;
+
+class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
+ public:
+  using Socket = asio::generic::stream_protocol::socket;
+
+  // `device`, `info` and `pool` are borrowed and must outlive the connection.
+  NbdConnection(Socket socket, BlockDevice& device, const ExportInfo& info, BufferPool& pool,
+                std::string client_name);
+
+  asio::awaitable<void> Run();
+
+  // Stop reading new requests; in-flight ones finish and get their replies.
+  void Stop();
+
+ private:
+  // One request from header to sent reply.
+  struct Slot {
+    Request request;
+    Buffer buffer;
+    bool in_use = false;
+  };
+  struct PendingReply {
+    size_t slot = 0;
+    std::array<std::byte, 32> header{};
+    size_t header_bytes = 0;
+    std::span<const std::byte> data;
+    std::vector<std::byte> extra;  // Chunk payloads built here (block status, error text).
+  };
+
+  asio::awaitable<base::Status> Negotiate();
+  asio::awaitable<base::Status> SendBytes(std::span<const std::byte> bytes);
+  asio::awaitable<void> ReadRequests();
+  asio::awaitable<base::Status> ReadExact(std::span<std::byte> out);
+  asio::awaitable<base::Status> SkipExact(size_t bytes);
+  asio::awaitable<Buffer> AcquireBuffer(size_t bytes);
+  asio::awaitable<void> WriteReplies();
+
+  size_t TakeSlot();
+  void Dispatch(size_t slot);
+  void Submit(size_t slot);
+  void OnDone(size_t slot, const base::Status& status);
+  void OnExtents(size_t slot, base::Result<std::vector<Extent>> result);
+  void ReplySimple(size_t slot, uint32_t nbd_error, std::span<const std::byte> data = {});
+  void ReplyReadChunk(size_t slot);
+  void ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::string& message);
+  void QueueReply(PendingReply reply);
+  void ReleaseSlot(size_t slot);
+
+  Socket socket_;
+  BlockDevice& device_;
+  const ExportInfo& info_;
+  BufferPool& pool_;
+  const std::string client_name_;
+  Negotiator negotiator_;
+
+  std::vector<std::byte> read_ahead_;
+  size_t read_begin_ = 0;
+  size_t read_end_ = 0;
+
+  std::vector<Slot> slots_;
+  std::vector<size_t> free_slots_;
+  size_t in_flight_ = 0;
+  std::deque<PendingReply> replies_;
+  bool stopping_ = false;
+  bool socket_broken_ = false;
+  bool writer_exit_ = false;
+  base::AsyncEvent reader_wakeup_;
+  base::AsyncEvent writer_wakeup_;
+};
+
+}  // namespace nbd

@@ -1,0 +1,38 @@
+#include "nbd-server/nbd_errors.h"
+
+#include <cerrno>
+
+#include "nbd-server/protocol.h"
+
+namespace nbd {
+
+uint32_t ToNbdError(const base::Status& status) {
+  switch (status.errno_value()) {
+    case 0:
+      return 0;
+    case EPERM:
+    case EROFS:
+    case EACCES:
+      return kErrPerm;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+      return kErrNoSpace;
+    case EINVAL:
+      return kErrInvalid;
+    case EOVERFLOW:
+      return kErrOverflow;
+    case ENOTSUP:
+      return kErrNotSup;
+    case ESHUTDOWN:
+      return kErrShutdown;
+    case ENOMEM:
+      // The spec asks servers to avoid ENOMEM; the client can do nothing useful with it.
+      return kErrIo;
+    default:
+      // Everything else is a failed device as far as the client can tell.
+      return kErrIo;
+  }
+}
+
+}  // namespace nbd
