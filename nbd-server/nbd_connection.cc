@@ -19,7 +19,9 @@ constexpr size_t kDirectReadBytes = 16 * 1024;
 constexpr size_t kMaxRepliesPerWrite = 64;
 
 Status SocketStatus(const boost::system::error_code& ec, const char* what) {
-  if (ec == asio::error::eof) {
+  // A client that goes away is routine (fio and libnbd never send DISC): not an error.
+  if (ec == asio::error::eof || ec == asio::error::broken_pipe ||
+      ec == asio::error::connection_reset) {
     return Status::Error(ECONNRESET, std::string(what) + ": client closed the connection");
   }
   return Status::Error(ec.value() > 0 ? ec.value() : EIO, std::string(what) + ": " + ec.message());

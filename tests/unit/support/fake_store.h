@@ -1,0 +1,143 @@
+#pragma once
+// FakeStore: an in-memory LocalStore whose operations complete only when the test says so.
+//
+// Writes land in `data()` when they complete. A datasync snapshots `data()` at submission (what
+// it covers) and, when completed, publishes that snapshot as `durable()`: exactly the contract
+// of a real fdatasync. Tests hold operations back to create the orderings they want to check.
+
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <vector>
+
+#include "base/asio.h"
+#include "mirror/local_store.h"
+
+namespace testing_support {
+
+class FakeStore final : public mirror::LocalStore {
+ public:
+  enum class Kind { kRead, kWrite, kDatasync, kZero };
+  struct Pending {
+    Kind kind;
+    uint64_t offset_bytes;
+    uint64_t length_bytes;
+    std::function<base::Status()> apply;  // Runs at completion; its Status is reported.
+    mirror::StoreDone done;
+  };
+
+  FakeStore(asio::io_context& io, uint64_t size_bytes)
+      : io_(io), data_(size_bytes), durable_(size_bytes) {}
+
+  uint64_t size_bytes() const override { return data_.size(); }
+  std::string Describe() const override { return "fake store"; }
+
+  base::Status Read(uint64_t offset, std::span<std::byte> out, mirror::StoreDone done) override {
+    Push(Kind::kRead, offset, out.size(), [this, offset, out] {
+      std::memcpy(out.data(), data_.data() + offset, out.size());
+      return base::Status::Ok();
+    }, std::move(done));
+    return base::Status::Ok();
+  }
+  base::Status Write(uint64_t offset, std::span<const std::byte> in,
+                     mirror::StoreDone done) override {
+    std::vector<std::byte> copy(in.begin(), in.end());
+    Push(Kind::kWrite, offset, in.size(), [this, offset, copy] {
+      std::memcpy(data_.data() + offset, copy.data(), copy.size());
+      return base::Status::Ok();
+    }, std::move(done));
+    return base::Status::Ok();
+  }
+  base::Status Datasync(mirror::StoreDone done) override {
+    ++datasyncs_submitted_;
+    auto snapshot = data_;
+    Push(Kind::kDatasync, 0, 0, [this, snapshot] {
+      if (fail_datasync_) {
+        return base::Status::Error(EIO, "fake datasync failure");
+      }
+      durable_ = snapshot;
+      return base::Status::Ok();
+    }, std::move(done));
+    return base::Status::Ok();
+  }
+  base::Status Discard(uint64_t offset, uint64_t length, mirror::StoreDone done) override {
+    return ZeroRange(offset, length, {}, std::move(done));
+  }
+  base::Status ZeroRange(uint64_t offset, uint64_t length, nbd::ZeroOptions,
+                         mirror::StoreDone done) override {
+    Push(Kind::kZero, offset, length, [this, offset, length] {
+      std::memset(data_.data() + offset, 0, length);
+      return base::Status::Ok();
+    }, std::move(done));
+    return base::Status::Ok();
+  }
+  base::Status Prefetch(uint64_t, uint64_t, mirror::StoreDone done) override {
+    asio::post(io_, [done = std::move(done)] { done(base::Status::Ok()); });
+    return base::Status::Ok();
+  }
+  base::Result<std::vector<nbd::Extent>> Allocation(uint64_t, uint64_t length) override {
+    return std::vector<nbd::Extent>{{length, false}};
+  }
+
+  // Completes the oldest pending operation of any kind (or of `kind`). False if none.
+  bool CompleteOldest() { return CompleteAt(0); }
+  bool CompleteOldestOf(Kind kind) {
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      if (pending_[i].kind == kind) {
+        return CompleteAt(i);
+      }
+    }
+    return false;
+  }
+  void CompleteAll() {
+    while (CompleteOldest()) {
+    }
+  }
+  // Fails the oldest pending operation with `errno_value` without applying it.
+  bool FailOldest(int errno_value) {
+    if (pending_.empty()) {
+      return false;
+    }
+    Pending p = std::move(pending_.front());
+    pending_.pop_front();
+    p.done(base::Status::Error(errno_value, "fake failure"));
+    return true;
+  }
+
+  size_t pending_count() const { return pending_.size(); }
+  size_t pending_count(Kind kind) const {
+    size_t n = 0;
+    for (const auto& p : pending_) {
+      n += p.kind == kind ? 1 : 0;
+    }
+    return n;
+  }
+  int datasyncs_submitted() const { return datasyncs_submitted_; }
+  void set_fail_datasync(bool fail) { fail_datasync_ = fail; }
+  const std::vector<std::byte>& data() const { return data_; }
+  const std::vector<std::byte>& durable() const { return durable_; }
+
+ private:
+  void Push(Kind kind, uint64_t offset, uint64_t length, std::function<base::Status()> apply,
+            mirror::StoreDone done) {
+    pending_.push_back({kind, offset, length, std::move(apply), std::move(done)});
+  }
+  bool CompleteAt(size_t i) {
+    if (i >= pending_.size()) {
+      return false;
+    }
+    Pending p = std::move(pending_[i]);
+    pending_.erase(pending_.begin() + static_cast<long>(i));
+    p.done(p.apply());
+    return true;
+  }
+
+  asio::io_context& io_;
+  std::vector<std::byte> data_;
+  std::vector<std::byte> durable_;
+  std::deque<Pending> pending_;
+  int datasyncs_submitted_ = 0;
+  bool fail_datasync_ = false;
+};
+
+}  // namespace testing_support
