@@ -28,7 +28,7 @@ TARGET_LABELS = {
 }
 JOBS = ["w4k_qd1_flush", "w4k_qd32", "r4k_qd1", "r4k_qd32", "seqw1m_qd8", "seqr1m_qd8"]
 METRICS = ["iops", "mb_s", "clat_p50_us", "clat_p99_us", "flush_p50_us", "flush_p99_us",
-           "vm_hwm_mib", "server_cpu_s", "fio_cpu_pct"]
+           "disk_mb_s", "vm_hwm_mib", "server_cpu_s", "fio_cpu_pct"]
 QD32_JOBS = ["w4k_qd32", "r4k_qd32"]
 MEMORY_LIMIT_MIB = 64
 
@@ -108,6 +108,9 @@ def collect(out_dir):
             problems.append(f"{tag}: fio exited with status {run['fio_rc']}")
         if run.get("server_rc") not in (None, 0):
             problems.append(f"{tag}: server exited with status {run['server_rc']} after SIGTERM")
+        if run["ok"] and run.get("wall_s"):
+            moved = run["disk_write_bytes" if run["direction"] == "write" else "disk_read_bytes"]
+            run["disk_mb_s"] = moved / run["wall_s"] / 1e6
         if run.get("vm_hwm_kib") is not None:
             run["vm_hwm_mib"] = run["vm_hwm_kib"] / 1024.0
         runs.append(run)
@@ -140,6 +143,8 @@ def collect(out_dir):
 
     goals = []
     for job, base, minimum in GOALS:
+        if job not in jobs:
+            continue
         ratio = ratios.get(job, {}).get(base)
         goals.append({
             "name": f"{job}: nbdmirror IOPS >= {minimum}x {base}",
@@ -147,7 +152,7 @@ def collect(out_dir):
             "pass": None if ratio is None else ratio >= minimum,
         })
     hwm = [r["vm_hwm_mib"] for r in runs
-           if r["target"] == "nbdmirror" and r["job"] in QD32_JOBS and r.get("vm_hwm_mib")]
+           if r["ok"] and r["target"] == "nbdmirror" and r["job"] in QD32_JOBS and r.get("vm_hwm_mib")]
     goals.append({
         "name": f"nbdmirror VmHWM while serving QD32 < {MEMORY_LIMIT_MIB} MiB (max over runs)",
         "job": "+".join(QD32_JOBS), "baseline": None, "maximum_mib": MEMORY_LIMIT_MIB,
@@ -203,7 +208,8 @@ def summary_table(results):
 
 
 def detail_table(results):
-    head = ["job", "target", "IOPS median [min–max]", "MB/s", "clat p50 µs", "clat p99 µs",
+    head = ["job", "target", "IOPS median [min–max]", "MB/s", "disk MB/s", "clat p50 µs",
+            "clat p99 µs",
             "flush p50 µs", "flush p99 µs", "server VmHWM MiB", "server CPU s", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for job in results["jobs"]:
@@ -215,7 +221,7 @@ def detail_table(results):
             lines.append("| " + " | ".join([
                 job, TARGET_LABELS[target],
                 f"{fmt(m['iops'])} [{fmt(m['iops_min'])}–{fmt(m['iops_max'])}]",
-                fmt(m["mb_s"], 1), fmt(m["clat_p50_us"]), fmt(m["clat_p99_us"]),
+                fmt(m["mb_s"], 1), fmt(m["disk_mb_s"], 1), fmt(m["clat_p50_us"]), fmt(m["clat_p99_us"]),
                 fmt(m["flush_p50_us"]), fmt(m["flush_p99_us"]), fmt(m["vm_hwm_mib"], 1),
                 fmt(m["server_cpu_s"], 1), str(m["runs"]),
             ]) + " |")
@@ -265,7 +271,10 @@ def markdown(results):
         "clat is fio's completion latency of the job's reads or writes; for w4k_qd1_flush the "
         "flush columns are the latency of the NBD FLUSH (or fdatasync on the raw file) that "
         "follows each write. Server figures are per run: VmHWM is the peak resident set, "
-        "CPU is user+system seconds over the whole run including the ramp.",
+        "CPU is user+system seconds over the whole run including the ramp. disk MB/s is what "
+        "reached the whole block device in the job's direction over the run's wall time (ramp "
+        "included, other users of the disk too): near MB/s for O_DIRECT, lower when a page "
+        "cache absorbs the I/O.",
         "",
         detail_table(results),
         "",
@@ -284,7 +293,7 @@ def chart(results, path):
     bases = [t for t in targets if t != "nbdmirror"]
     colors = {"nbdmirror": "#1f77b4", "nbdkit": "#ff7f0e", "nbdkit-nocache": "#d62728",
               "raw": "#2ca02c"}
-    fig, (ax_ratio, ax_lat) = plt.subplots(2, 1, figsize=(12, 9))
+    fig, (ax_ratio, ax_lat) = plt.subplots(2, 1, figsize=(13, 10))
 
     width = 0.8 / max(len(bases), 1)
     for i, base in enumerate(bases):
@@ -304,22 +313,31 @@ def chart(results, path):
     ax_ratio.set_title("nbdmirror IOPS relative to each baseline (black bars: goal minimum)")
     ax_ratio.legend(fontsize=8)
 
+    # Latency groups: each job's reads or writes, plus the flushes of the flush job.
+    groups = [(job, job, "clat") for job in jobs]
+    if any(results["medians"].get(job, {}).get(t, {}).get("flush_p50_us")
+           for job in jobs for t in targets):
+        groups += [(job, f"{job}\n(flushes)", "flush") for job in jobs
+                   if any(results["medians"][job].get(t, {}).get("flush_p50_us")
+                          for t in targets)]
     width = 0.8 / len(targets)
     for i, target in enumerate(targets):
-        xs = [j + (i - (len(targets) - 1) / 2) * width for j in range(len(jobs))]
-        p50 = [results["medians"].get(job, {}).get(target, {}).get("clat_p50_us") or 0
-               for job in jobs]
-        p99 = [results["medians"].get(job, {}).get(target, {}).get("clat_p99_us") or 0
-               for job in jobs]
+        xs = [g + (i - (len(targets) - 1) / 2) * width for g in range(len(groups))]
+        p50, p99 = [], []
+        for job, _, kind in groups:
+            m = results["medians"].get(job, {}).get(target, {})
+            p50.append(m.get(f"{kind}_p50_us") or 0)
+            p99.append(m.get(f"{kind}_p99_us") or float("nan"))
         ax_lat.bar(xs, p50, width, color=colors[target], label=f"{TARGET_LABELS[target]} p50")
-        ax_lat.scatter(xs, [v or float("nan") for v in p99], color=colors[target],
-                       edgecolors="black", marker="v", zorder=3, s=30)
-    ax_lat.scatter([], [], color="white", edgecolors="black", marker="v", label="p99 (marker)")
+        ax_lat.scatter(xs, p99, color=colors[target], edgecolors="black", marker="v", zorder=3,
+                       s=30)
+    ax_lat.scatter([], [], color="white", edgecolors="black", marker="v", label="p99")
     ax_lat.set_yscale("log")
-    ax_lat.set_xticks(range(len(jobs)), jobs)
-    ax_lat.set_ylabel("completion latency, µs (log)")
-    ax_lat.set_title("clat p50 (bars) and p99 (triangles), medians over repetitions")
-    ax_lat.legend(fontsize=8, ncol=3)
+    ax_lat.set_xticks(range(len(groups)), [label for _, label, _ in groups])
+    ax_lat.set_ylabel("latency, µs (log)")
+    ax_lat.set_title("completion latency p50 (bars) and p99 (triangles), medians over "
+                     "repetitions")
+    ax_lat.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5)
 
     meta = results["meta"]
     fig.suptitle(f"nbdmirror {meta['git_commit']} — {meta['date']} — {meta['nproc']} CPUs, "

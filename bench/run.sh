@@ -26,6 +26,7 @@
 #   BENCH_TMPDIR=/var/tmp  where the backing files go; must be on the disk you mean to measure
 #   BENCH_OUT=bench/out    parent of the timestamped output directory
 #   NBDMIRROR_BIN=build/nbdmirror  the binary under test (copied before the run starts)
+#   BENCH_PYTHON=python3   a Python with matplotlib (default: the first of python3, /usr/bin/python3)
 #
 # Needs root (drop_caches), fio with the nbd and io_uring engines, nbdkit, nbdinfo, jq, python3
 # with matplotlib. Uses unix sockets only. Kills what it started, by PID, on exit or Ctrl-C.
@@ -84,9 +85,20 @@ trap 'log "terminated"; exit 143' TERM
 
 # ---- checks -----------------------------------------------------------------------------
 [[ $(id -u) == 0 ]] || die "run as root: the page cache is dropped before every run"
-for tool in fio nbdkit nbdinfo jq python3 numfmt setpriv; do
+for tool in fio nbdkit nbdinfo jq numfmt setpriv findmnt; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
+# The first Python that has matplotlib (a pyenv python3 may not see the distribution's).
+python=${BENCH_PYTHON:-}
+if [[ -z $python ]]; then
+  for candidate in python3 /usr/bin/python3; do
+    if "$candidate" -c 'import matplotlib' 2>/dev/null; then
+      python=$candidate
+      break
+    fi
+  done
+fi
+[[ -n $python ]] || die "no python3 with matplotlib found (set BENCH_PYTHON)"
 [[ $runtime_s =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNTIME must be a positive integer (seconds)"
 [[ $reps =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPS must be a positive integer"
 size_bytes=$(numfmt --from=iec "$size") || die "BENCH_SIZE=$size is not a size"
@@ -132,6 +144,10 @@ devname=$(basename "$dev")
 parent=$(lsblk -no PKNAME "$dev" 2>/dev/null | head -1 || true)
 queue=/sys/class/block/${parent:-$devname}/queue
 read_sys() { cat "$1" 2>/dev/null || echo unknown; }
+# The whole disk's I/O counters: bytes that reached the device during a run tell O_DIRECT
+# from the page cache (and are shared with anything else using the disk at the time).
+disk_stat=/sys/class/block/${parent:-$devname}/stat
+[[ -r $disk_stat ]] || die "cannot read $disk_stat"
 git_dir=$here/..
 jq -n \
   --arg date "$(date -Iseconds)" \
@@ -153,11 +169,11 @@ jq -n \
   --arg cpu "$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
   --arg mem "$(grep MemTotal /proc/meminfo | tr -s ' ')" \
   --arg tmpdir "$tmp_parent" \
-  --arg fs "$(stat -f -c %T "$tmp_parent")" \
+  --arg fs "$(findmnt -no FSTYPE -T "$tmp_parent" 2>/dev/null || stat -f -c %T "$tmp_parent")" \
   --arg df "$(df -h "$tmp_parent")" \
   --arg lsblk "$(lsblk -o NAME,SIZE,ROTA,TYPE,MOUNTPOINTS 2>/dev/null || lsblk)" \
   --arg device "$dev" \
-  --arg scheduler "$(read_sys "$queue/scheduler")" \
+  --arg scheduler "$(read_sys "$queue/scheduler" | sed 's/ *$//')" \
   --arg write_cache "$(read_sys "$queue/write_cache")" \
   --arg rotational "$(read_sys "$queue/rotational")" \
   --arg loadavg_start "$(cat /proc/loadavg)" \
@@ -253,7 +269,9 @@ run_one() {
     start_server "$target" "$server_log" "${server_cmd[@]}"
   fi
 
-  local fio_rc=0 fio_pid
+  local fio_rc=0 fio_pid disk_before started_s
+  disk_before=$(cat "$disk_stat")
+  started_s=$(date +%s.%N)
   BENCH_RUNTIME=$runtime_s BENCH_FSYNC=$fsync BENCH_FDATASYNC=$fdatasync \
     setpriv --pdeathsig TERM -- fio "${target_args[@]}" --output-format=json \
     "--output=$fio_json" "$here/fio/$job.fio" 2>"$out/raw/$tag.fio.err" &
@@ -261,6 +279,14 @@ run_one() {
   live[$fio_pid]=fio
   wait "$fio_pid" || fio_rc=$?
   unset "live[$fio_pid]"
+  local -a disk_before_f disk_after_f
+  read -r -a disk_after_f <"$disk_stat"
+  read -r -a disk_before_f <<<"$disk_before"
+  local wall_s disk_read_bytes disk_write_bytes
+  wall_s=$(awk -v a="$started_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
+  # Fields 3 and 7 of the block stat file are sectors read and written, in 512-byte units.
+  disk_read_bytes=$(((disk_after_f[2] - disk_before_f[2]) * 512))
+  disk_write_bytes=$(((disk_after_f[6] - disk_before_f[6]) * 512))
 
   if [[ -n $server_pid ]]; then
     if kill -0 "$server_pid" 2>/dev/null; then
@@ -281,6 +307,8 @@ run_one() {
     --argjson loadavg_before "$load_before" \
     --argjson loadavg_after "$(cut -d' ' -f1 /proc/loadavg)" \
     --arg command "$command" \
+    --argjson wall_s "$wall_s" \
+    --argjson disk_read_bytes "$disk_read_bytes" --argjson disk_write_bytes "$disk_write_bytes" \
     '$ARGS.named' >>"$out/runs.jsonl"
 
   local summary="fio failed (rc $fio_rc, see raw/$tag.fio.err)"
@@ -313,5 +341,5 @@ done
 
 jq --arg l "$(cat /proc/loadavg)" '. + {loadavg_end: $l}' "$out/meta.json" >"$out/meta.json.new"
 mv -- "$out/meta.json.new" "$out/meta.json"
-python3 "$here/report.py" "$out"
+"$python" "$here/report.py" "$out"
 log "results in $out"

@@ -4,107 +4,421 @@
 #include <spdlog/spdlog.h>
 
 #include <memory>
+#include <sstream>
 
+#include "mirror/control_server.h"
 #include "mirror/fault_injecting_store.h"
+#include "mirror/metadata.h"
+#include "mirror/peer_listener.h"
+#include "mirror/replica_applier.h"
+#include "mirror/replicator.h"
 #include "mirror/uring_store.h"
 #include "mirror/volume.h"
-#include "nbd-server/buffer_pool.h"
 #include "nbd-server/nbd_server.h"
+#include "transport/peer_auth.h"
+#include "transport/peer_stream.h"
 
 namespace mirror {
 
 using base::Status;
 
-Status RunDaemon(const DaemonOptions& options) {
-  // A client that vanishes with replies unread must not kill us.
-  ::signal(SIGPIPE, SIG_IGN);
-  if (!options.primary) {
-    return Status::Error(EINVAL,
-                         "only --primary is supported without a peer; give --primary to export "
-                         "the volume");
-  }
-  if (options.nbd_endpoints.empty()) {
-    return Status::Error(EINVAL, "a primary needs --nbd ENDPOINT");
-  }
-  asio::io_context io(1);
+namespace {
 
+// Everything one daemon owns, in construction order; torn down in reverse.
+struct Node {
+  explicit Node(const DaemonOptions& o) : options(o), io(1) {}
+
+  const DaemonOptions& options;
+  asio::io_context io;
+  std::unique_ptr<UringStore> uring;
+  std::unique_ptr<FaultInjectingStore> faulty;
+  LocalStore* store = nullptr;
+  std::unique_ptr<MetadataFile> metadata;
+  std::unique_ptr<base::BufferPool> pool;
+  std::shared_ptr<asio::ssl::context> tls;
+  std::string secret;
+  Mode mode = Mode::kSync;
+  std::unique_ptr<Replicator> replicator;
+  std::unique_ptr<Volume> volume;
+  nbd::ExportInfo info;
+  std::unique_ptr<nbd::NbdServer> nbd;
+  std::unique_ptr<ReplicaApplier> applier;
+  std::unique_ptr<PeerListener> listener;
+  std::unique_ptr<ControlServer> control;
+  Status exit_status;
+  bool stopping = false;
+};
+
+Status OpenStore(Node& node) {
   UringStoreOptions store_options;
-  store_options.direct_io = options.direct_io;
-  auto opened = UringStore::Open(io, options.volume_path, store_options);
+  store_options.direct_io = node.options.direct_io;
+  auto opened = UringStore::Open(node.io, node.options.volume_path, store_options);
   if (!opened.ok()) {
     return opened.status();
   }
-  std::unique_ptr<UringStore> uring = opened.TakeValue();
-  LocalStore* store = uring.get();
-
+  node.uring = opened.TakeValue();
+  node.store = node.uring.get();
   std::vector<FaultRule> rules;
-  for (const std::string& text : options.fault_rules) {
+  for (const std::string& text : node.options.fault_rules) {
     auto rule = ParseFaultRule(text);
     if (!rule.ok()) {
       return rule.status();
     }
     rules.push_back(rule.value());
   }
-  std::unique_ptr<FaultInjectingStore> faulty;
   if (!rules.empty()) {
-    faulty = std::make_unique<FaultInjectingStore>(io, *uring, std::move(rules));
-    store = faulty.get();
-    spdlog::warn("fault injection is on: {}", faulty->Describe());
+    node.faulty = std::make_unique<FaultInjectingStore>(node.io, *node.uring, std::move(rules));
+    node.store = node.faulty.get();
+    spdlog::warn("fault injection is on: {}", node.faulty->Describe());
   }
-  spdlog::info("volume {}: {} bytes", store->Describe(), store->size_bytes());
+  spdlog::info("volume {}: {} bytes", node.store->Describe(), node.store->size_bytes());
+  return Status::Ok();
+}
 
-  Volume volume(io, *store);
-  nbd::ExportInfo info;
-  info.name = options.export_name;
-  info.description = "nbdmirror volume " + options.volume_path;
-  info.size_bytes = volume.size_bytes();
-  // Advertise the direct-I/O granularity; smaller requests still work, through the page cache.
-  info.min_block_bytes = volume.size_bytes() % 512 == 0 ? 512 : 1;
-  info.preferred_block_bytes = 4096;
-  nbd::BufferPool pool(options.buffer_budget_bytes);
-  nbd::NbdServer server(io, volume, info, pool);
-  for (const base::Endpoint& endpoint : options.nbd_endpoints) {
-    if (Status st = server.Listen(endpoint); !st.ok()) {
+// Loads or creates the metadata and checks it fits this volume and role. Returns whether the
+// peer is known to be in sync (recorded at the last clean shutdown).
+base::Result<bool> OpenMetadata(Node& node) {
+  const DaemonOptions& o = node.options;
+  const std::string path =
+      o.metadata_path.empty() ? DefaultMetadataPath(o.volume_path) : o.metadata_path;
+  auto loaded = LoadMetadata(path);
+  if (!loaded.ok()) {
+    return loaded.status();
+  }
+  VolumeMetadata md;
+  if (loaded.value()) {
+    md = *loaded.value();
+    if (md.size_bytes != node.store->size_bytes()) {
+      return Status::Error(EINVAL, "volume is " + std::to_string(node.store->size_bytes()) +
+                                       " bytes but its metadata " + path + " says " +
+                                       std::to_string(md.size_bytes));
+    }
+    if (md.node_id != o.node_id) {
+      return Status::Error(EINVAL, "metadata " + path + " belongs to node '" + md.node_id +
+                                       "', not '" + o.node_id + "'");
+    }
+  } else {
+    // A new volume: a primary's copy is the source of truth, a secondary's is unknown.
+    md.size_bytes = node.store->size_bytes();
+    md.node_id = o.node_id;
+    md.volume_uuid = o.primary ? NewVolumeUuid() : "";
+    md.disk = o.primary ? DiskState::kUpToDate : DiskState::kInconsistent;
+    md.peer_disk = DiskState::kInconsistent;
+    spdlog::info("new volume metadata {} ({})", path,
+                 o.primary ? "primary, UpToDate" : "secondary, waiting for its first sync");
+  }
+  if (o.primary && md.disk != DiskState::kUpToDate) {
+    return Status::Error(EPERM, std::string("this copy is ") + DiskStateName(md.disk) +
+                                    "; it cannot be primary until it has been resynchronised");
+  }
+  const bool peer_known_good = md.clean && md.peer_disk == DiskState::kUpToDate;
+  // Until a clean shutdown says otherwise, a restart must assume the copies may differ.
+  md.clean = false;
+  Status saved = SaveMetadata(path, md);
+  if (!saved.ok()) {
+    return saved;
+  }
+  node.metadata = std::make_unique<MetadataFile>(path, md);
+  return peer_known_good;
+}
+
+Status SetUpSecurity(Node& node) {
+  const DaemonOptions& o = node.options;
+  if (!o.secret_file.empty()) {
+    auto secret = transport::ReadSecretFile(o.secret_file);
+    if (!secret.ok()) {
+      return secret.status();
+    }
+    node.secret = secret.value();
+  } else if (o.peer_endpoint || o.listen) {
+    spdlog::warn("no --secret-file: the peer link is not authenticated");
+  }
+  transport::TlsOptions tls{o.tls_cert_file, o.tls_key_file, o.tls_ca_file};
+  if (tls.enabled()) {
+    auto ctx = transport::MakeTlsContext(tls);
+    if (!ctx.ok()) {
+      return ctx.status();
+    }
+    node.tls = ctx.value();
+  }
+  return Status::Ok();
+}
+
+transport::LinkTiming Timing(const DaemonOptions& o) {
+  transport::LinkTiming timing;
+  timing.timeout = o.peer_timeout;
+  timing.heartbeat_interval =
+      std::max(std::chrono::milliseconds(50), o.peer_timeout / 4);
+  return timing;
+}
+
+std::string StatusJson(const Node& node) {
+  const auto& md = node.metadata->get();
+  std::ostringstream j;
+  auto field = [&j, first = true](const std::string& key, const std::string& value) mutable {
+    j << (first ? "{" : ", ") << JsonString(key) << ": " << value;
+    first = false;
+  };
+  auto text = [](const std::string& s) { return JsonString(s); };
+  auto num = [](uint64_t v) { return std::to_string(v); };
+  field("role", text(node.options.primary ? "primary" : "secondary"));
+  field("node_id", text(node.options.node_id));
+  field("peer_node_id", text(node.options.peer_node_id));
+  field("volume", text(node.options.volume_path));
+  field("volume_uuid", text(md.volume_uuid));
+  field("size_bytes", num(md.size_bytes));
+  const bool disk_failed = (node.volume && node.volume->disk_failed()) ||
+                           (node.applier && node.applier->disk_failed());
+  field("disk", text(disk_failed ? "Failed" : DiskStateName(md.disk)));
+  std::string connection = "standalone";
+  std::string peer_disk = "Unknown";
+  uint64_t out_of_sync = 0, resync_done = 0, resync_total = 0;
+  if (node.replicator) {
+    const Replicator& r = *node.replicator;
+    connection = ConnectionStateName(r.connection());
+    peer_disk = DiskStateName(r.peer_disk());
+    const ResyncProgress p = r.resync();
+    resync_done = p.done_bytes;
+    resync_total = p.total_bytes;
+    if (r.peer_disk() != DiskState::kUpToDate) {
+      out_of_sync = p.running ? p.total_bytes - p.done_bytes : md.size_bytes;
+    }
+    field("peer_ops_in_flight", num(r.pending_count()));
+    field("held_writes", num(r.held_count()));
+    field("last_peer_error", text(r.last_error()));
+  } else if (node.applier) {
+    connection = node.applier->attached() ? "connected" : "connecting";
+    peer_disk = node.applier->attached() ? "UpToDate" : "Unknown";
+    resync_done = node.applier->stats().resync_bytes;
+    if (md.disk == DiskState::kInconsistent) {
+      resync_total = md.size_bytes;
+      out_of_sync = md.size_bytes > resync_done ? md.size_bytes - resync_done : 0;
+    }
+    field("applied_writes", num(node.applier->stats().writes));
+    field("applied_bytes", num(node.applier->stats().written_bytes));
+    field("ops_in_flight", num(node.applier->stats().ops_in_flight));
+  }
+  field("connection", text(connection));
+  field("peer_disk", text(peer_disk));
+  field("out_of_sync_bytes", num(out_of_sync));
+  field("resync_done_bytes", num(resync_done));
+  field("resync_total_bytes", num(resync_total));
+  if (node.volume) {
+    const VolumeStats& s = node.volume->stats();
+    field("mode", text(node.mode == Mode::kSync ? "sync" : "flush"));
+    field("writes_in_flight", num(s.writes_in_flight));
+    field("bytes_in_flight", num(s.bytes_in_flight));
+    field("reads", num(s.reads));
+    field("writes", num(s.writes));
+    field("flushes", num(s.flushes));
+    field("degraded_writes", num(s.degraded_writes));
+    field("errors", num(s.errors));
+    field("datasyncs", num(node.volume->group_commit().datasync_count()));
+  }
+  j << "}";
+  return j.str();
+}
+
+std::string StatusText(const Node& node) {
+  // The same facts as the JSON, one per line, for people.
+  std::string json = StatusJson(node);
+  std::string out;
+  for (size_t i = 1; i + 1 < json.size();) {
+    const size_t end = json.find(", \"", i);
+    std::string item = json.substr(i, end == std::string::npos ? json.size() - 1 - i : end - i);
+    const size_t colon = item.find("\": ");
+    std::string key = item.substr(1, colon - 1);
+    std::string value = item.substr(colon + 3);
+    if (value.size() >= 2 && value.front() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    out += key + ": " + value + "\n";
+    if (end == std::string::npos) {
+      break;
+    }
+    i = end + 2;
+  }
+  return out;
+}
+
+Status StartPrimary(Node& node, bool peer_known_good) {
+  const DaemonOptions& o = node.options;
+  if (o.nbd_endpoints.empty()) {
+    return Status::Error(EINVAL, "a primary needs --nbd ENDPOINT");
+  }
+  if (o.peer_endpoint) {
+    ReplicatorOptions r;
+    r.node_id = o.node_id;
+    r.peer_node_id = o.peer_node_id;
+    r.peer_endpoint = *o.peer_endpoint;
+    r.secret = node.secret;
+    r.tls = node.tls.get();
+    r.timing = Timing(o);
+    r.on_peer_loss = o.on_peer_loss == "block" ? PeerLossPolicy::kBlock : PeerLossPolicy::kDegrade;
+    r.skip_initial_sync = o.skip_initial_sync;
+    node.replicator =
+        std::make_unique<Replicator>(node.io, r, *node.metadata, *node.pool, peer_known_good);
+  }
+  node.volume = std::make_unique<Volume>(node.io, *node.store, node.replicator.get(), node.mode);
+  if (node.replicator) {
+    node.replicator->SetVolume(node.volume.get());
+    node.replicator->Start();
+  }
+  node.info.name = o.export_name;
+  node.info.description = "nbdmirror volume " + o.volume_path;
+  node.info.size_bytes = node.volume->size_bytes();
+  node.info.min_block_bytes = node.volume->size_bytes() % 512 == 0 ? 512 : 1;
+  node.info.preferred_block_bytes = 4096;
+  node.nbd = std::make_unique<nbd::NbdServer>(node.io, *node.volume, node.info, *node.pool);
+  for (const base::Endpoint& endpoint : o.nbd_endpoints) {
+    if (Status st = node.nbd->Listen(endpoint); !st.ok()) {
       return st;
     }
   }
+  return Status::Ok();
+}
 
-  Status exit_status;
-  bool stopping = false;
-  asio::signal_set signals(io, SIGINT, SIGTERM);
+void StopPrimary(Node& node) {
+  node.nbd->Stop([&node] {
+    Status flushed = node.volume->Flush([&node](Status st) {
+      if (!st.ok()) {
+        node.exit_status = Status::Error(EIO, "final datasync failed: " + st.ToString());
+      }
+      const bool in_sync = node.replicator && node.replicator->PeerInSync();
+      Status saved = node.metadata->Update([&](VolumeMetadata& md) {
+        md.clean = st.ok() && (node.replicator == nullptr || in_sync);
+        if (node.replicator) {
+          md.peer_disk = in_sync ? DiskState::kUpToDate : node.replicator->peer_disk();
+        }
+      });
+      if (!saved.ok()) {
+        spdlog::error("recording clean shutdown: {}", saved.ToString());
+      }
+      if (node.replicator) {
+        spdlog::info("peer {} at shutdown: {}", node.options.peer_node_id,
+                     in_sync ? "in sync" : "not in sync; it will be resynchronised");
+        node.replicator->Stop();
+      }
+      if (node.listener) {
+        node.listener->Stop();
+      }
+      spdlog::info("drained and synced; exiting");
+      node.io.stop();
+    });
+    if (!flushed.ok()) {
+      node.exit_status = flushed;
+      node.io.stop();
+    }
+  });
+}
+
+void StopSecondary(Node& node) {
+  node.listener->Stop();
+  asio::co_spawn(
+      node.io,
+      [&node]() -> asio::awaitable<void> {
+        co_await node.applier->WaitIdle();
+        node.applier->FlushAll([&node](Status st) {
+          if (!st.ok()) {
+            node.exit_status = Status::Error(EIO, "final datasync failed: " + st.ToString());
+          }
+          spdlog::info("applied writes drained and synced; exiting");
+          node.io.stop();
+        });
+      },
+      asio::detached);
+}
+
+}  // namespace
+
+Status RunDaemon(const DaemonOptions& options) {
+  // A client that vanishes with replies unread must not kill us.
+  ::signal(SIGPIPE, SIG_IGN);
+  Node node(options);
+  if (!options.primary && !options.listen) {
+    return Status::Error(EINVAL, "a secondary needs --listen (and --peer NAME=HOST:PORT)");
+  }
+  if (options.peer_endpoint.has_value() != !options.peer_node_id.empty()) {
+    return Status::Error(EINVAL, "--peer takes NAME=HOST:PORT");
+  }
+  if (!options.primary && options.peer_node_id.empty()) {
+    return Status::Error(EINVAL, "a secondary needs --peer NAME=HOST:PORT naming its primary");
+  }
+  if (!options.mode.empty() && options.mode != "sync" && options.mode != "flush") {
+    return Status::Error(EINVAL, "--mode is sync or flush");
+  }
+  if (options.on_peer_loss != "degrade" && options.on_peer_loss != "block") {
+    return Status::Error(EINVAL, "--on-peer-loss is degrade or block");
+  }
+  // Without a peer there is only one disk; a plain disk's semantics (flush) is the default.
+  node.mode = options.mode == "flush" || (options.mode.empty() && !options.peer_endpoint)
+                  ? Mode::kFlush
+                  : Mode::kSync;
+  if (Status st = OpenStore(node); !st.ok()) {
+    return st;
+  }
+  auto peer_known_good = OpenMetadata(node);
+  if (!peer_known_good.ok()) {
+    return peer_known_good.status();
+  }
+  if (Status st = SetUpSecurity(node); !st.ok()) {
+    return st;
+  }
+  node.pool = std::make_unique<base::BufferPool>(options.buffer_budget_bytes);
+
+  PeerListenerOptions listener_options{options.node_id, options.peer_node_id, node.secret,
+                                       node.tls.get(), Timing(options)};
+  if (options.primary) {
+    if (Status st = StartPrimary(node, peer_known_good.value()); !st.ok()) {
+      return st;
+    }
+  } else {
+    node.applier = std::make_unique<ReplicaApplier>(node.io, *node.store, *node.metadata);
+  }
+  if (options.listen) {
+    node.listener = std::make_unique<PeerListener>(node.io, listener_options, *node.metadata,
+                                                   *node.pool, node.applier.get());
+    if (Status st = node.listener->Listen(*options.listen); !st.ok()) {
+      return st;
+    }
+  }
+  const std::string control_path =
+      options.control_path.empty() ? DefaultControlPath(options.volume_path)
+                                   : options.control_path;
+  node.control = std::make_unique<ControlServer>(
+      node.io, std::map<std::string, ControlServer::Command>{
+                   {"status", [&node] { return StatusJson(node); }},
+                   {"status-text", [&node] { return StatusText(node); }}});
+  if (Status st = node.control->Listen(control_path); !st.ok()) {
+    return st;
+  }
+
+  asio::signal_set signals(node.io, SIGINT, SIGTERM);
   std::function<void()> wait_signal = [&] {
     signals.async_wait([&](const boost::system::error_code& ec, int signo) {
       if (ec) {
         return;
       }
-      if (stopping) {
-        spdlog::warn("signal {} again: still draining in-flight requests", signo);
-        wait_signal();
-        return;
-      }
-      stopping = true;
-      spdlog::info("signal {}: draining {} connection(s)", signo, server.connection_count());
-      server.Stop([&] {
-        Status flushed = volume.Flush([&](Status st) {
-          if (!st.ok()) {
-            exit_status = Status::Error(EIO, "final datasync failed: " + st.ToString());
-          } else {
-            spdlog::info("drained and synced; exiting");
-          }
-          io.stop();
-        });
-        if (!flushed.ok()) {
-          exit_status = flushed;
-          io.stop();
+      if (node.stopping) {
+        spdlog::warn("signal {} again: still draining", signo);
+      } else {
+        node.stopping = true;
+        spdlog::info("signal {}: draining", signo);
+        if (options.primary) {
+          StopPrimary(node);
+        } else {
+          StopSecondary(node);
         }
-      });
+      }
       wait_signal();
     });
   };
   wait_signal();
-  spdlog::info("ready");
-  io.run();
-  return exit_status;
+  spdlog::info("ready: {} node {} ({} mode), control socket {}",
+               options.primary ? "primary" : "secondary", options.node_id,
+               node.mode == Mode::kSync ? "sync" : "flush", control_path);
+  node.io.run();
+  return node.exit_status;
 }
 
 }  // namespace mirror

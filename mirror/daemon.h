@@ -1,9 +1,18 @@
 #pragma once
-// Daemon: one `nbdmirror run` process. It opens the volume's local store, builds the Volume,
-// serves it over NBD (as primary), and shuts down cleanly on SIGINT/SIGTERM: stop accepting,
-// let every in-flight request finish and reply, datasync, exit.
+// Daemon: one `nbdmirror run` process, on either host.
+//
+// As primary it opens the volume, exports it over NBD, and (with --peer) mirrors every write to
+// the secondary through the Replicator. As secondary it waits on --listen for the primary and
+// applies what it sends. Both answer `nbdmirror status` on the control socket.
+//
+// Shutdown (SIGINT/SIGTERM) on a primary: stop accepting NBD clients, let every request already
+// read finish and reply, flush locally and to the peer, record in the metadata whether the peer
+// is known to be in sync (the only way a restart can skip the full resync), close the link,
+// exit 0. On a secondary: stop accepting, let applied writes finish, datasync, exit 0.
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,12 +23,28 @@ namespace mirror {
 
 struct DaemonOptions {
   std::string volume_path;
+  std::string metadata_path;  // Default: VOLUME.nbdmirror-meta.
+  std::string control_path;   // Default: DefaultControlPath(volume).
   bool primary = false;
+  std::string node_id = "a";
   std::vector<base::Endpoint> nbd_endpoints;
   std::string export_name;
   bool direct_io = true;
   uint64_t buffer_budget_bytes = 64ull << 20;
   std::vector<std::string> fault_rules;
+
+  // Mirroring.
+  std::optional<base::Endpoint> listen;
+  std::string peer_node_id;
+  std::optional<base::Endpoint> peer_endpoint;
+  std::string secret_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
+  std::string mode;          // "sync" or "flush"; empty: sync with a peer, flush without.
+  std::string on_peer_loss = "degrade";
+  std::chrono::milliseconds peer_timeout{5000};
+  bool skip_initial_sync = false;
 };
 
 // Runs until a signal stops it. Returns OK after a clean drain and final datasync.

@@ -1,33 +1,79 @@
-// nbdmirror: the program. Parses the command line and hands over to the daemon.
+// nbdmirror: the program. Parses the command line and hands over to the daemon, or asks a
+// running daemon for its status.
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <iostream>
 
 #include "base/endpoint.h"
+#include "mirror/control_server.h"
 #include "mirror/daemon.h"
 
 namespace {
 
 constexpr uint16_t kDefaultNbdPort = 10809;
+constexpr uint16_t kDefaultPeerPort = 7790;
 
-int Run(const mirror::DaemonOptions& parsed, const std::vector<std::string>& nbd_specs) {
-  mirror::DaemonOptions options = parsed;
-  for (const std::string& spec : nbd_specs) {
+struct RawFlags {
+  std::vector<std::string> nbd;
+  std::string listen;
+  std::string peer;
+  uint64_t buffer_mib = 64;
+  bool no_direct_io = false;
+  uint64_t peer_timeout_ms = 5000;
+};
+
+base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
+  for (const std::string& spec : raw.nbd) {
     auto endpoint = base::ParseEndpoint(spec, kDefaultNbdPort);
     if (!endpoint.ok()) {
-      spdlog::error("--nbd {}: {}", spec, endpoint.status().message());
-      return 2;
+      return base::Status::Error(EINVAL, "--nbd " + spec + ": " + endpoint.status().message());
     }
     options.nbd_endpoints.push_back(endpoint.value());
   }
-  base::Status st = mirror::RunDaemon(options);
-  if (!st.ok()) {
-    spdlog::error("{}", st.ToString());
+  if (!raw.listen.empty()) {
+    auto endpoint = base::ParseEndpoint(raw.listen, kDefaultPeerPort);
+    if (!endpoint.ok() || endpoint.value().is_unix) {
+      return base::Status::Error(EINVAL, "--listen takes HOST[:PORT]");
+    }
+    options.listen = endpoint.value();
+  }
+  if (!raw.peer.empty()) {
+    const size_t eq = raw.peer.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return base::Status::Error(EINVAL, "--peer takes NAME=HOST[:PORT]");
+    }
+    auto endpoint = base::ParseEndpoint(raw.peer.substr(eq + 1), kDefaultPeerPort);
+    if (!endpoint.ok() || endpoint.value().is_unix) {
+      return base::Status::Error(EINVAL, "--peer takes NAME=HOST[:PORT]");
+    }
+    options.peer_node_id = raw.peer.substr(0, eq);
+    options.peer_endpoint = endpoint.value();
+  }
+  options.direct_io = !raw.no_direct_io;
+  options.buffer_budget_bytes = raw.buffer_mib << 20;
+  options.peer_timeout = std::chrono::milliseconds(raw.peer_timeout_ms);
+  return base::Status::Ok();
+}
+
+int ShowStatus(const std::string& control, const std::string& volume, bool json) {
+  if (control.empty() && volume.empty()) {
+    std::fprintf(stderr, "status needs --control unix:PATH or --volume FILE\n");
+    return 2;
+  }
+  std::string path = control.empty() ? mirror::DefaultControlPath(volume) : control;
+  if (path.rfind("unix:", 0) == 0) {
+    path = path.substr(5);
+  }
+  auto answer = mirror::QueryControlSocket(path, json ? "status" : "status-text");
+  if (!answer.ok()) {
+    std::fprintf(stderr, "nbdmirror status: %s\n", answer.status().ToString().c_str());
     return 1;
   }
+  std::cout << answer.value();
   return 0;
 }
 
@@ -41,25 +87,64 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   mirror::DaemonOptions options;
-  std::vector<std::string> nbd_specs;
-  uint64_t buffer_mib = options.buffer_budget_bytes >> 20;
-  bool no_direct_io = false;
+  RawFlags raw;
   CLI::App* run = app.add_subcommand("run", "serve a volume (until SIGINT/SIGTERM)");
   run->add_option("--volume", options.volume_path, "backing file or block device")->required();
-  run->add_flag("--primary", options.primary, "export the volume over NBD as the primary");
-  run->add_option("--nbd", nbd_specs,
-                  "where to serve NBD: unix:PATH, HOST:PORT, HOST or :PORT (TCP defaults to "
-                  "127.0.0.1:10809); repeatable");
+  run->add_option("--node", options.node_id, "this node's name")->capture_default_str();
+  run->add_flag("--primary", options.primary,
+                "be the primary: export over NBD and mirror to the peer (default: secondary)");
+  run->add_option("--nbd", raw.nbd,
+                  "primary: where to serve NBD: unix:PATH, HOST:PORT, HOST or :PORT (TCP "
+                  "defaults to 127.0.0.1:10809); repeatable");
+  run->add_option("--listen", raw.listen,
+                  "accept the peer on HOST[:PORT] (default port 7790); needed on a secondary");
+  run->add_option("--peer", raw.peer,
+                  "the other node: NAME=HOST[:PORT] (default port 7790); without it a primary "
+                  "runs standalone");
+  run->add_option("--mode", options.mode,
+                  "sync: acknowledge once durable on both hosts (default with --peer); flush: "
+                  "once written on both, FLUSH/FUA make it durable (default without a peer)")
+      ->check(CLI::IsMember({"sync", "flush"}));
+  run->add_option("--on-peer-loss", options.on_peer_loss,
+                  "degrade: keep serving and mark the peer outdated; block: hold writes until "
+                  "the peer is back and resynced")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"degrade", "block"}));
+  run->add_option("--peer-timeout-ms", raw.peer_timeout_ms,
+                  "declare the peer lost after this long without a frame (heartbeats every "
+                  "quarter of it)")
+      ->capture_default_str()
+      ->check(CLI::Range(100, 600000));
+  run->add_option("--secret-file", options.secret_file,
+                  "shared secret both peers prove with HMAC-SHA256 (file mode 0600)");
+  run->add_option("--tls-cert", options.tls_cert_file, "TLS for the peer link: this node's cert");
+  run->add_option("--tls-key", options.tls_key_file, "TLS: this node's private key");
+  run->add_option("--tls-ca", options.tls_ca_file, "TLS: CA that signed the peer's certificate");
+  run->add_flag("--skip-initial-sync", options.skip_initial_sync,
+                "primary: the first pairing with a new peer skips the full sync (both volumes "
+                "new and identical, e.g. all zeroes)");
+  run->add_option("--metadata", options.metadata_path,
+                  "metadata file (default VOLUME.nbdmirror-meta)");
+  run->add_option("--control", options.control_path,
+                  "control socket path for `nbdmirror status` (default VOLUME.control)");
   run->add_option("--export-name", options.export_name,
                   "export name offered to clients (\"\" is always accepted too)");
-  run->add_option("--buffer-mib", buffer_mib,
-                  "memory for in-flight request payloads, shared by all clients")
+  run->add_option("--buffer-mib", raw.buffer_mib,
+                  "memory for in-flight payloads (NBD clients and the peer link)")
       ->capture_default_str()
       ->check(CLI::Range(64, 4096));
-  run->add_flag("--no-direct-io", no_direct_io, "use the page cache instead of O_DIRECT");
+  run->add_flag("--no-direct-io", raw.no_direct_io, "use the page cache instead of O_DIRECT");
   run->add_option("--fault", options.fault_rules,
                   "TESTING ONLY: fail matching I/O with EIO (read:OFF:LEN, write:OFF:LEN, "
                   "datasync); repeatable");
+
+  std::string status_control;
+  std::string status_volume;
+  bool status_json = false;
+  CLI::App* status = app.add_subcommand("status", "show a running daemon's state");
+  status->add_option("--control", status_control, "control socket (unix:PATH or PATH)");
+  status->add_option("--volume", status_volume, "find the control socket from the volume path");
+  status->add_flag("--json", status_json, "machine-readable output (keys documented in README)");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -73,10 +158,17 @@ int main(int argc, char** argv) {
   spdlog::set_level(level);
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
 
-  if (*run) {
-    options.direct_io = !no_direct_io;
-    options.buffer_budget_bytes = buffer_mib << 20;
-    return Run(options, nbd_specs);
+  if (*status) {
+    return ShowStatus(status_control, status_volume, status_json);
   }
-  return 2;
+  if (base::Status st = Resolve(raw, options); !st.ok()) {
+    spdlog::error("{}", st.message());
+    return 2;
+  }
+  base::Status st = mirror::RunDaemon(options);
+  if (!st.ok()) {
+    spdlog::error("{}", st.ToString());
+    return 1;
+  }
+  return 0;
 }

@@ -6,8 +6,20 @@ namespace mirror {
 
 using base::Status;
 
-Volume::Volume(asio::io_context& io, LocalStore& store)
-    : io_(io), store_(store), group_commit_(io, store) {}
+// One client write between its range grant and its reply.
+struct Volume::PendingWrite {
+  InflightRanges::Ticket ticket = 0;
+  uint64_t length_bytes = 0;
+  bool durable = false;      // Mode sync or FUA: durable on both sides before the reply.
+  bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
+  bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
+  bool peer_degraded = false;
+  Status local_status;
+  nbd::DoneCallback done;
+};
+
+Volume::Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode)
+    : io_(io), store_(store), peer_(peer), mode_(mode), group_commit_(io, store) {}
 
 Status Volume::CheckRange(uint64_t offset_bytes, uint64_t length_bytes,
                           int past_end_errno) const {
@@ -36,10 +48,14 @@ Status Volume::Write(uint64_t offset_bytes, std::span<const std::byte> data, boo
                      nbd::DoneCallback done) {
   ++stats_.writes;
   stats_.written_bytes += data.size();
+  const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, data.size(), fua,
       [this, offset_bytes, data](StoreDone store_done) {
         return store_.Write(offset_bytes, data, std::move(store_done));
+      },
+      [this, offset_bytes, data, durable](PeerDone peer_done) {
+        peer_->ReplicateWrite(offset_bytes, data, durable, std::move(peer_done));
       },
       std::move(done));
 }
@@ -47,10 +63,15 @@ Status Volume::Write(uint64_t offset_bytes, std::span<const std::byte> data, boo
 Status Volume::Trim(uint64_t offset_bytes, uint64_t length_bytes, bool fua,
                     nbd::DoneCallback done) {
   ++stats_.trims;
+  const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, length_bytes, fua,
       [this, offset_bytes, length_bytes](StoreDone store_done) {
         return store_.Discard(offset_bytes, length_bytes, std::move(store_done));
+      },
+      [this, offset_bytes, length_bytes, durable](PeerDone peer_done) {
+        peer_->ReplicateZero(offset_bytes, length_bytes, {}, /*discard=*/true, durable,
+                             std::move(peer_done));
       },
       std::move(done));
 }
@@ -58,75 +79,125 @@ Status Volume::Trim(uint64_t offset_bytes, uint64_t length_bytes, bool fua,
 Status Volume::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes,
                            nbd::ZeroOptions options, bool fua, nbd::DoneCallback done) {
   ++stats_.zeroes;
+  const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, length_bytes, fua,
       [this, offset_bytes, length_bytes, options](StoreDone store_done) {
         return store_.ZeroRange(offset_bytes, length_bytes, options, std::move(store_done));
       },
+      [this, offset_bytes, length_bytes, options, durable](PeerDone peer_done) {
+        // The peer never refuses a fast zero: only the local answer decides ENOTSUP.
+        nbd::ZeroOptions peer_options = options;
+        peer_options.fast_only = false;
+        peer_->ReplicateZero(offset_bytes, length_bytes, peer_options, /*discard=*/false,
+                             durable, std::move(peer_done));
+      },
       std::move(done));
 }
 
-Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall call,
-                      nbd::DoneCallback done) {
+Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
+                      PeerCall peer, nbd::DoneCallback done) {
   if (Status st = CheckRange(offset_bytes, length_bytes, ENOSPC); !st.ok()) {
     return st;
   }
+  auto write = std::make_shared<PendingWrite>();
+  write->length_bytes = length_bytes;
+  write->durable = fua || mode_ == Mode::kSync;
+  write->done = std::move(done);
   ++stats_.writes_in_flight;
-  InflightRanges::Ticket ticket = 0;
-  // If the range is busy, the grant runs later from another write's completion, so it owns
-  // copies of everything and learns its ticket through the shared cell.
-  auto deferred = std::make_shared<InflightRanges::Ticket>(0);
+  stats_.bytes_in_flight += length_bytes;
+  // The grant may run later, from another write's completion: it owns copies of everything.
   const bool granted = ranges_.Acquire(
       offset_bytes, length_bytes,
-      [this, deferred, fua, call, done]() mutable { StartModify(*deferred, fua, call, done); },
-      ticket);
-  *deferred = ticket;
+      [this, write, store, peer] { FanOut(write, store, peer); }, write->ticket);
   if (!granted) {
     ++stats_.range_waits;
     return Status::Ok();
   }
-  Status st = call([this, ticket, fua, done](Status result) mutable {
-    OnModifyDone(ticket, fua, std::move(result), std::move(done));
-  });
-  if (!st.ok()) {
-    ranges_.Release(ticket);
-    --stats_.writes_in_flight;
-  }
-  return st;
+  FanOut(write, store, peer);
+  return Status::Ok();
 }
 
-void Volume::StartModify(InflightRanges::Ticket ticket, bool fua, const StoreCall& call,
-                         nbd::DoneCallback done) {
-  Status st = call([this, ticket, fua, done](Status result) mutable {
-    OnModifyDone(ticket, fua, std::move(result), std::move(done));
-  });
+void Volume::FanOut(const std::shared_ptr<PendingWrite>& write, const StoreCall& store,
+                    const PeerCall& peer) {
+  Status st = store([this, write](Status result) { OnLocalWritten(write, std::move(result)); });
   if (!st.ok()) {
-    // Already past the submit call that returned OK: report through the callback, later.
-    asio::post(io_, [this, ticket, fua, st, done = std::move(done)]() mutable {
-      OnModifyDone(ticket, fua, st, std::move(done));
-    });
+    // The submit call already returned OK to the connection: report through the callback.
+    asio::post(io_, [this, write, st] { OnLocalWritten(write, st); });
   }
-}
-
-void Volume::OnModifyDone(InflightRanges::Ticket ticket, bool fua, Status status,
-                          nbd::DoneCallback done) {
-  if (status.ok()) {
-    group_commit_.NoteWriteCompleted();
-  } else {
-    ++stats_.errors;
-  }
-  ranges_.Release(ticket);
-  --stats_.writes_in_flight;
-  if (!status.ok() || !fua) {
-    done(std::move(status));
+  if (peer_ == nullptr) {
+    write->peer_done = true;
     return;
   }
-  group_commit_.RequestDurable(std::move(done));
+  peer([this, write](PeerOutcome outcome) {
+    write->peer_done = true;
+    write->peer_degraded = outcome == PeerOutcome::kDegraded;
+    MaybeFinish(write);
+  });
+}
+
+void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status status) {
+  if (!status.ok()) {
+    ++stats_.errors;
+    write->local_status = std::move(status);
+    write->local_done = true;
+    MaybeFinish(write);
+    return;
+  }
+  group_commit_.NoteWriteCompleted();
+  if (!write->durable) {
+    write->local_done = true;
+    MaybeFinish(write);
+    return;
+  }
+  group_commit_.RequestDurable([this, write](Status synced) {
+    write->local_status = std::move(synced);
+    write->local_done = true;
+    MaybeFinish(write);
+  });
+}
+
+void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
+  if (!write->local_done || !write->peer_done) {
+    return;
+  }
+  ranges_.Release(write->ticket);
+  --stats_.writes_in_flight;
+  stats_.bytes_in_flight -= write->length_bytes;
+  stats_.degraded_writes += write->peer_degraded ? 1 : 0;
+  auto done = std::move(write->done);
+  done(std::move(write->local_status));
 }
 
 Status Volume::Flush(nbd::DoneCallback done) {
   ++stats_.flushes;
-  group_commit_.RequestDurable(std::move(done));
+  if (peer_ == nullptr) {
+    group_commit_.RequestDurable(std::move(done));
+    return Status::Ok();
+  }
+  struct FlushState {
+    bool local_done = false;
+    bool peer_done = false;
+    Status local_status;
+    nbd::DoneCallback done;
+  };
+  auto state = std::make_shared<FlushState>();
+  state->done = std::move(done);
+  auto finish = [state] {
+    if (state->local_done && state->peer_done) {
+      auto cb = std::move(state->done);
+      cb(std::move(state->local_status));
+    }
+  };
+  group_commit_.RequestDurable([state, finish](Status st) {
+    state->local_status = std::move(st);
+    state->local_done = true;
+    finish();
+  });
+  peer_->ReplicateFlush([state, finish](PeerOutcome) {
+    state->peer_done = true;
+    finish();
+  });
   return Status::Ok();
 }
 
@@ -148,5 +219,16 @@ Status Volume::BlockStatus(uint64_t offset_bytes, uint64_t length_bytes,
   });
   return Status::Ok();
 }
+
+void Volume::LockRange(uint64_t offset_bytes, uint64_t length_bytes,
+                       std::function<void(InflightRanges::Ticket)> granted) {
+  auto ticket = std::make_shared<InflightRanges::Ticket>(0);
+  if (ranges_.Acquire(
+          offset_bytes, length_bytes, [ticket, granted] { granted(*ticket); }, *ticket)) {
+    granted(*ticket);
+  }
+}
+
+void Volume::UnlockRange(InflightRanges::Ticket ticket) { ranges_.Release(ticket); }
 
 }  // namespace mirror

@@ -1,38 +1,50 @@
 #pragma once
-// Volume: the block device the NBD server exports, on top of this host's LocalStore.
+// Volume: the block device the NBD server exports: this host's LocalStore plus, when a peer
+// is configured, the PeerLink to the standby's copy.
 //
 // The life of one write (WRITE, WRITE_ZEROES or TRIM), state by state:
 //
 //   1. kWaitingForRange  The NBD connection calls Write(). The volume asks InflightRanges for
 //                        the byte range. If an earlier write overlapping it is still in flight
-//                        (or waiting), this one waits, so overlapping writes complete in arrival
-//                        order and every copy ends with the same last writer.
-//   2. kLocalPending     The range is held; the write goes to the LocalStore (io_uring).
-//   3. kWritten          The store reports the write done: it is visible to reads on every
-//                        connection. GroupCommit counts it as completed, and the range is
-//                        released, letting the next overlapping write start.
-//   4. kSyncing          Only with FUA: GroupCommit runs (or joins) one datasync that covers
-//                        this write and every other write completed before it.
-//   5. kReplied          The connection gets `done(OK)` and sends the NBD reply.
+//                        (or waiting), this one waits, so overlapping writes reach both copies
+//                        in the same order and both end with the same last writer.
+//   2. kFannedOut        The range is held. The local write (io_uring) and the replication
+//                        message to the peer start together.
+//   3. kLocalWritten     The store reports the write done. GroupCommit counts it as completed.
+//                        If the write must be durable (mode sync, or FUA), a group-committed
+//                        datasync covering it starts now, while the peer is still working.
+//   4. kPeerConfirmed    The peer acknowledged: applied, and durable on its disk when the mode
+//                        or FUA asks for it (the peer group-commits too). Or the link
+//                        answered kDegraded: the peer is gone and recorded as outdated.
+//   5. kReplied          Both sides are done: the range is released and the connection gets
+//                        `done`, which sends the NBD reply.
 //
-// A failed local write fails the request with EIO (state 3 reports the error instead). FLUSH
-// is GroupCommit::RequestDurable on its own: every write replied to before the FLUSH was
-// received has passed state 3, so the datasync that answers it covers them all, whichever
-// connection they came from (this is what CAN_MULTI_CONN promises).
+// A failed local write fails the request with EIO. A failed peer never fails a client's write.
+// FLUSH is a local group-committed datasync plus a Flush to the peer; it replies when both are
+// done, so every write replied to before it is durable on both hosts, whichever connection it
+// came from (this is what CAN_MULTI_CONN promises).
 //
-// Reads go straight to the store; NBD does not order reads against in-flight writes.
+// Reads go straight to the local store; NBD does not order reads against in-flight writes.
 //
-// Loop thread only. The store must outlive the volume.
+// Loop thread only. The store and the link must outlive the volume.
 
 #include <cstdint>
+#include <memory>
 
 #include "base/asio.h"
 #include "mirror/group_commit.h"
 #include "mirror/inflight_ranges.h"
 #include "mirror/local_store.h"
+#include "mirror/peer_link.h"
 #include "nbd-server/block_device.h"
 
 namespace mirror {
+
+// When a write is acknowledged (DESIGN.md, durability modes).
+enum class Mode {
+  kSync,   // Once on stable storage on both hosts.
+  kFlush,  // Once written on both hosts; FLUSH and FUA make it durable on both.
+};
 
 // Counters for status and tests. Monotonic except the in-flight gauges.
 struct VolumeStats {
@@ -45,12 +57,15 @@ struct VolumeStats {
   uint64_t written_bytes = 0;
   uint64_t errors = 0;
   uint64_t writes_in_flight = 0;
+  uint64_t bytes_in_flight = 0;
   uint64_t range_waits = 0;  // Writes that had to wait for an overlapping one.
+  uint64_t degraded_writes = 0;  // Acknowledged without the peer.
 };
 
 class Volume final : public nbd::BlockDevice {
  public:
-  Volume(asio::io_context& io, LocalStore& store);
+  // `peer` may be null: a standalone volume.
+  Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode);
 
   uint64_t size_bytes() const override { return store_.size_bytes(); }
 
@@ -68,23 +83,35 @@ class Volume final : public nbd::BlockDevice {
   base::Status BlockStatus(uint64_t offset_bytes, uint64_t length_bytes,
                            nbd::ExtentsCallback done) override;
 
+  // Range locks for resync: a resync block and a client write never overlap in flight.
+  // `granted` runs (possibly inside this call) once the range is held.
+  void LockRange(uint64_t offset_bytes, uint64_t length_bytes,
+                 std::function<void(InflightRanges::Ticket)> granted);
+  void UnlockRange(InflightRanges::Ticket ticket);
+
+  LocalStore& store() { return store_; }
+  GroupCommit& group_commit() { return group_commit_; }
   const VolumeStats& stats() const { return stats_; }
+  Mode mode() const { return mode_; }
   bool disk_failed() const { return group_commit_.failed(); }
-  uint64_t datasync_count() const { return group_commit_.datasync_count(); }
 
  private:
-  // Starts the store operation for a write-like request once its range is held.
+  struct PendingWrite;
   using StoreCall = std::function<base::Status(StoreDone)>;
-  base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall call,
-                      nbd::DoneCallback done);
-  void StartModify(InflightRanges::Ticket ticket, bool fua, const StoreCall& call,
-                   nbd::DoneCallback done);
-  void OnModifyDone(InflightRanges::Ticket ticket, bool fua, base::Status status,
-                    nbd::DoneCallback done);
+  using PeerCall = std::function<void(PeerDone)>;
+
+  base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
+                      PeerCall peer, nbd::DoneCallback done);
+  void FanOut(const std::shared_ptr<PendingWrite>& write, const StoreCall& store,
+              const PeerCall& peer);
+  void OnLocalWritten(const std::shared_ptr<PendingWrite>& write, base::Status status);
+  void MaybeFinish(const std::shared_ptr<PendingWrite>& write);
   base::Status CheckRange(uint64_t offset_bytes, uint64_t length_bytes, int past_end_errno) const;
 
   asio::io_context& io_;
   LocalStore& store_;
+  PeerLink* peer_;
+  const Mode mode_;
   InflightRanges ranges_;
   GroupCommit group_commit_;
   VolumeStats stats_;

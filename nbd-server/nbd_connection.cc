@@ -30,7 +30,7 @@ Status SocketStatus(const boost::system::error_code& ec, const char* what) {
 }  // namespace
 
 NbdConnection::NbdConnection(Socket socket, BlockDevice& device, const ExportInfo& info,
-                             BufferPool& pool, std::string client_name)
+                             base::BufferPool& pool, std::string client_name)
     : socket_(std::move(socket)),
       device_(device),
       info_(info),
@@ -81,6 +81,17 @@ void NbdConnection::Stop() {
   boost::system::error_code ignored;
   socket_.shutdown(asio::socket_base::shutdown_receive, ignored);
   reader_wakeup_.Notify();
+}
+
+void NbdConnection::Abort() {
+  // The client stopped reading its replies: give up on them. Requests in flight still finish
+  // on the device; their replies are dropped, so nothing unfinished is ever acknowledged.
+  stopping_ = true;
+  socket_broken_ = true;
+  boost::system::error_code ignored;
+  socket_.close(ignored);
+  reader_wakeup_.Notify();
+  writer_wakeup_.Notify();
 }
 
 asio::awaitable<Status> NbdConnection::SendBytes(std::span<const std::byte> bytes) {
@@ -183,7 +194,7 @@ asio::awaitable<Status> NbdConnection::SkipExact(size_t bytes) {
   co_return Status::Ok();
 }
 
-asio::awaitable<Buffer> NbdConnection::AcquireBuffer(size_t bytes) {
+asio::awaitable<base::Buffer> NbdConnection::AcquireBuffer(size_t bytes) {
   for (;;) {
     if (auto buffer = pool_.TryAcquire(bytes)) {
       co_return std::move(*buffer);
@@ -211,7 +222,7 @@ size_t NbdConnection::TakeSlot() {
 void NbdConnection::ReleaseSlot(size_t slot) {
   CHECK(slots_[slot].in_use);
   slots_[slot].in_use = false;
-  slots_[slot].buffer = Buffer();
+  slots_[slot].buffer = base::Buffer();
   free_slots_.push_back(slot);
   --in_flight_;
   reader_wakeup_.Notify();
@@ -254,7 +265,7 @@ asio::awaitable<void> NbdConnection::ReadRequests() {
           break;
         }
       }
-      ReplySimple(slot, verdict.nbd_error);
+      ReplyError(slot, verdict.nbd_error, verdict.why);
       continue;
     }
     const auto type = static_cast<Command>(request.type);
@@ -276,6 +287,11 @@ asio::awaitable<void> NbdConnection::ReadRequests() {
 void NbdConnection::Dispatch(size_t slot) {
   const Request& r = slots_[slot].request;
   const auto type = static_cast<Command>(r.type);
+  if (type == Command::kRead && r.length_bytes == 0 &&
+      negotiator_.negotiated().structured_replies) {
+    ReplyNoneChunk(slot);
+    return;
+  }
   if ((type == Command::kRead || type == Command::kWrite) && r.length_bytes == 0) {
     ReplySimple(slot, 0);
     return;
@@ -385,6 +401,29 @@ void NbdConnection::OnExtents(size_t slot, base::Result<std::vector<Extent>> res
   StoreBe16(h + 6, kChunkBlockStatus);
   StoreBe64(h + 8, r.cookie);
   StoreBe32(h + 16, static_cast<uint32_t>(reply.extra.size()));
+  reply.header_bytes = kStructuredReplyHeaderBytes;
+  QueueReply(std::move(reply));
+}
+
+void NbdConnection::ReplyError(size_t slot, uint32_t nbd_error, const std::string& message) {
+  // Once structured replies are on, every READ reply must be structured, errors included.
+  if (slots_[slot].request.type == static_cast<uint16_t>(Command::kRead) &&
+      negotiator_.negotiated().structured_replies) {
+    ReplyErrorChunk(slot, nbd_error, message);
+    return;
+  }
+  ReplySimple(slot, nbd_error);
+}
+
+void NbdConnection::ReplyNoneChunk(size_t slot) {
+  PendingReply reply;
+  reply.slot = slot;
+  std::byte* h = reply.header.data();
+  StoreBe32(h, kStructuredReplyMagic);
+  StoreBe16(h + 4, kChunkFlagDone);
+  StoreBe16(h + 6, kChunkNone);
+  StoreBe64(h + 8, slots_[slot].request.cookie);
+  StoreBe32(h + 16, 0);
   reply.header_bytes = kStructuredReplyHeaderBytes;
   QueueReply(std::move(reply));
 }

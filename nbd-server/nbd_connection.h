@@ -7,7 +7,7 @@
 // has accumulated into one gathered write, header and payload together.
 //
 // Flow control: at most kMaxRequestsInFlight requests per connection, and every payload lives
-// in a BufferPool buffer; when either runs out, the reader stops reading the socket until a
+// in a base::BufferPool buffer; when either runs out, the reader stops reading the socket until a
 // reply has gone out. Nothing grows without bound whatever the client sends.
 //
 // Ending: on NBD_CMD_DISC, EOF, a protocol violation, or Stop(), the reader stops; Run()
@@ -30,7 +30,7 @@
 #include "base/async_event.h"
 #include "base/status.h"
 #include "nbd-server/block_device.h"
-#include "nbd-server/buffer_pool.h"
+#include "base/buffer_pool.h"
 #include "nbd-server/export_info.h"
 #include "nbd-server/negotiator.h"
 #include "nbd-server/request.h"
@@ -44,19 +44,21 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   using Socket = asio::generic::stream_protocol::socket;
 
   // `device`, `info` and `pool` are borrowed and must outlive the connection.
-  NbdConnection(Socket socket, BlockDevice& device, const ExportInfo& info, BufferPool& pool,
+  NbdConnection(Socket socket, BlockDevice& device, const ExportInfo& info, base::BufferPool& pool,
                 std::string client_name);
 
   asio::awaitable<void> Run();
 
   // Stop reading new requests; in-flight ones finish and get their replies.
   void Stop();
+  // Closes the socket now: for clients that stop reading replies during a shutdown.
+  void Abort();
 
  private:
   // One request from header to sent reply.
   struct Slot {
     Request request;
-    Buffer buffer;
+    base::Buffer buffer;
     bool in_use = false;
   };
   struct PendingReply {
@@ -72,7 +74,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   asio::awaitable<void> ReadRequests();
   asio::awaitable<base::Status> ReadExact(std::span<std::byte> out);
   asio::awaitable<base::Status> SkipExact(size_t bytes);
-  asio::awaitable<Buffer> AcquireBuffer(size_t bytes);
+  asio::awaitable<base::Buffer> AcquireBuffer(size_t bytes);
   asio::awaitable<void> WriteReplies();
 
   size_t TakeSlot();
@@ -80,6 +82,8 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   void Submit(size_t slot);
   void OnDone(size_t slot, const base::Status& status);
   void OnExtents(size_t slot, base::Result<std::vector<Extent>> result);
+  void ReplyError(size_t slot, uint32_t nbd_error, const std::string& message);
+  void ReplyNoneChunk(size_t slot);
   void ReplySimple(size_t slot, uint32_t nbd_error, std::span<const std::byte> data = {});
   void ReplyReadChunk(size_t slot);
   void ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::string& message);
@@ -89,7 +93,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   Socket socket_;
   BlockDevice& device_;
   const ExportInfo& info_;
-  BufferPool& pool_;
+  base::BufferPool& pool_;
   const std::string client_name_;
   Negotiator negotiator_;
 

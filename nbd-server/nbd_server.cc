@@ -13,7 +13,7 @@ namespace nbd {
 using base::Status;
 
 NbdServer::NbdServer(asio::io_context& io, BlockDevice& device, const ExportInfo& info,
-                     BufferPool& pool)
+                     base::BufferPool& pool)
     : io_(io), device_(device), info_(info), pool_(pool) {}
 
 NbdServer::~NbdServer() {
@@ -93,7 +93,7 @@ asio::awaitable<void> NbdServer::Serve(std::shared_ptr<NbdConnection> connection
   MaybeDrained();
 }
 
-void NbdServer::Stop(std::function<void()> drained) {
+void NbdServer::Stop(std::function<void()> drained, std::chrono::milliseconds grace) {
   stopping_ = true;
   drained_ = std::move(drained);
   for (auto& acceptor : acceptors_) {
@@ -105,6 +105,18 @@ void NbdServer::Stop(std::function<void()> drained) {
       connection->Stop();
     }
   }
+  grace_timer_ = std::make_unique<asio::steady_timer>(io_, grace);
+  grace_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (ec) {
+      return;
+    }
+    for (auto& [raw, weak] : connections_) {
+      if (auto connection = weak.lock()) {
+        spdlog::warn("a client has not taken its replies; closing its connection");
+        connection->Abort();
+      }
+    }
+  });
   // Reported from the loop, never from inside Stop().
   asio::post(io_, [this] { MaybeDrained(); });
 }
@@ -113,6 +125,9 @@ void NbdServer::MaybeDrained() {
   if (stopping_ && connections_.empty() && drained_) {
     auto drained = std::move(drained_);
     drained_ = nullptr;
+    if (grace_timer_) {
+      grace_timer_->cancel();
+    }
     drained();
   }
 }

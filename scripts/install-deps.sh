@@ -22,7 +22,7 @@ packages=(
   # PostgreSQL and the coordinator
   postgresql-15 postgresql-contrib-15 etcd-server etcd-client
   # benchmark output
-  python3 python3-matplotlib jq
+  python3 python3-matplotlib python3-protobuf jq
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -11,6 +11,7 @@
 # must match. A final e2fsck runs on the backing file itself once everything is stopped.
 # Skipped (77) without /dev/fuse, loop devices or the tools.
 
+# shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 nm_require nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum nbdinfo
 [[ -c /dev/fuse ]] || nm_skip "/dev/fuse is not available"

@@ -12,6 +12,7 @@
 # bytes read back by verification. A negative control (verifying a never-written region) must
 # fail. The daemon must stay up throughout, log no errors and exit 0 on SIGTERM.
 
+# shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 nm_require fio nbdinfo python3
 fio --enghelp=nbd >/dev/null 2>&1 || nm_skip "this fio has no nbd engine"
@@ -84,8 +85,9 @@ rc=0
 (cd "$NM_TMP" && fio --name=control --ioengine=nbd --uri="$uri" --offset=$((2 * region_bytes)) \
   --size=64M --rw=randwrite --bs=4k --iodepth=32 --verify=crc32c --verify_only \
   --verify_fatal=1 --verify_state_save=0 >"$NM_TMP/fio-control.out" 2>&1) || rc=$?
-((rc != 0)) && grep -q "bad magic header" "$NM_TMP/fio-control.out" ||
+if ((rc == 0)) || ! grep -q "bad magic header" "$NM_TMP/fio-control.out"; then
   nm_fail "fio's verification did not notice a region that was never written (status ${rc})"
+fi
 nm_log "negative control: fio verification rejects unwritten blocks"
 
 errors=$(nm_count_in_log "$NM_LOG" ' (error|critical) ')

@@ -10,6 +10,7 @@
 # and compared. Finally both daemons are stopped with SIGTERM: they must exit 0, and the
 # backing files themselves must hold exactly the data.
 
+# shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 nm_require nbdcopy nbdinfo cmp truncate head
 
@@ -40,7 +41,8 @@ out=$NM_TMP/out.img
 nbdcopy --connections=4 --threads=4 "$uri" "$out" 2>"$NM_TMP/nbdcopy-out.err" ||
   nm_fail "nbdcopy out of the export failed: $(cat "$NM_TMP/nbdcopy-out.err")"
 out_bytes=$(stat -c %s "$out")
-((out_bytes == volume_bytes)) || nm_fail "copied-out image has ${out_bytes} bytes, expected ${volume_bytes}"
+((out_bytes == volume_bytes)) ||
+  nm_fail "copied-out image has ${out_bytes} bytes, expected ${volume_bytes}"
 cmp -n "$data_bytes" "$data" "$out" || nm_fail "data read back differs from data written"
 cmp -n $((volume_bytes - data_bytes)) -i "${data_bytes}:0" "$out" /dev/zero ||
   nm_fail "the untouched tail of the export does not read as zeroes"

@@ -9,6 +9,7 @@
 # holes around it. A second daemon serves a named export on a kernel-chosen TCP port: its size,
 # its name in --list, and the refusal of an unknown export name are checked over nbd://.
 
+# shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 nm_require nbdinfo qemu-io python3 truncate
 
@@ -22,7 +23,8 @@ daemon=$NM_PID
 
 # --- nbdinfo --json: size, block sizes, capabilities -------------------------------------
 nbdinfo --json "$uri" >"$NM_TMP/info.json" || nm_fail "nbdinfo --json failed"
-python3 - "$NM_TMP/info.json" "$file_size" <<'EOF' || nm_fail "nbdinfo --json does not match the documented export"
+python3 - "$NM_TMP/info.json" "$file_size" <<'EOF' ||
+  nm_fail "nbdinfo --json does not match the documented export"
 import json, sys
 info = json.load(open(sys.argv[1]))
 size = int(sys.argv[2])
@@ -60,7 +62,8 @@ size=$(nbdinfo --size "$uri")
 
 # --- nbdinfo --list ----------------------------------------------------------------------
 nbdinfo --list --json "$uri" >"$NM_TMP/list.json" || nm_fail "nbdinfo --list failed"
-python3 - "$NM_TMP/list.json" "$file_size" <<'EOF' || nm_fail "nbdinfo --list does not show the export"
+python3 - "$NM_TMP/list.json" "$file_size" <<'EOF' ||
+  nm_fail "nbdinfo --list does not show the export"
 import json, sys
 exports = json.load(open(sys.argv[1])).get("exports", [])
 names = [e.get("export-name") for e in exports]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # qemu_test: qemu's NBD client (qemu-img, qemu-io) reads back exactly what it wrote, with every
 # command it uses: READ, WRITE, WRITE with FUA, WRITE_ZEROES (with and without NO_HOLE, with
-# FUA), TRIM, FLUSH, asynchronous writes in flight together, and FAST_ZERO pre-zeroing.
+# FUA, with FAST_ZERO), TRIM, FLUSH, and asynchronous writes in flight together.
 #
 # How: the 160 MiB export is first filled with junk. `qemu-img convert -n` then writes a 96 MiB
 # raw image into it, with random data, a 16 MiB hole (which convert must zero, since the target
@@ -12,6 +12,7 @@
 # also greps for it. After a clean SIGTERM (exit 0) the same pattern checks and the compare run
 # against the backing file itself.
 
+# shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 nm_require qemu-img qemu-io nbdinfo python3
 
@@ -47,7 +48,8 @@ qio() {
     args+=(-c "$c")
   done
   local out=$NM_TMP/qemu-io.out rc=0
-  qemu-io -f raw "${args[@]}" "$image" >"$out" 2>&1 || rc=$?
+  # Writeback mode: plain writes go out without FUA, so FUA (-f), flush and aio_flush matter.
+  qemu-io -t writeback -f raw "${args[@]}" "$image" >"$out" 2>&1 || rc=$?
   if ((rc != 0)) || grep -qiE "failed|error" "$out"; then
     cat "$out" >&2
     nm_fail "qemu-io (${what}) exited ${rc} or reported a failure"
@@ -58,12 +60,13 @@ qemu-img convert -n -f raw -O raw "$src" "$uri" 2>"$NM_TMP/convert.err" ||
   nm_fail "qemu-img convert into the export failed: $(cat "$NM_TMP/convert.err")"
 # The export is larger than the image; compare treats the extra tail as "must be zero" unless
 # told otherwise, and our tail is junk, so compare the image-sized prefix through a raw slice.
-compare_prefix() {  # compare_prefix IMAGE
+nbd_json="{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$NM_TMP/nbd.sock\"}}"
+compare_prefix() {  # compare_prefix IMAGE_JSON
   local json="{\"driver\":\"raw\",\"size\":$((96 * mib)),\"file\":$1}"
   qemu-img compare -f raw "$src" "json:${json}" >"$NM_TMP/compare.out" 2>&1
 }
-compare_prefix "{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$NM_TMP/nbd.sock\"}}" ||
-  nm_fail "qemu-img compare: the export differs from the converted image: $(cat "$NM_TMP/compare.out")"
+compare_prefix "$nbd_json" ||
+  nm_fail "qemu-img compare: the export differs from the image: $(cat "$NM_TMP/compare.out")"
 grep -q "Images are identical" "$NM_TMP/compare.out" ||
   nm_fail "qemu-img compare did not say identical: $(cat "$NM_TMP/compare.out")"
 nm_log "qemu-img convert + compare: identical (the 16 MiB hole was zeroed over junk)"
@@ -85,6 +88,11 @@ write_cmds=(
   "write -z -f $((102 * mib + 512 * k)) 128k"
   "read -P 0 102M 640k"
   "read -P 0xce $((102 * mib + 640 * k)) 384k"
+  # WRITE_ZEROES with FAST_ZERO (-n: no slow fallback); our store zeroes with fallocate.
+  "write -P 0x99 111M 256k"
+  "write -z -n 111M 128k"
+  "read -P 0 111M 128k"
+  "read -P 0x99 $((111 * mib + 128 * k)) 128k"
   # TRIM of aligned blocks: our store punches a hole, so the range reads back as zeroes.
   "write -P 0xef 103M 1M"
   "discard 103M 512k"
@@ -108,6 +116,8 @@ write_cmds=(
 )
 verify_cmds=(
   "read -P 0xab 100M 64k"
+  "read -P 0 111M 128k"
+  "read -P 0x99 $((111 * mib + 128 * k)) 128k"
   "read -P 0 101M 256k"
   "read -P 0xcd $((101 * mib + 256 * k)) 768k"
   "read -P 0 102M 640k"
@@ -129,7 +139,7 @@ qio "verify session" "$uri" "${verify_cmds[@]}"
 nm_log "qemu-io second session (new connection): all patterns intact"
 
 # The converted image is still intact after all that.
-compare_prefix "{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$NM_TMP/nbd.sock\"}}" ||
+compare_prefix "$nbd_json" ||
   nm_fail "the converted image changed: $(cat "$NM_TMP/compare.out")"
 
 nm_assert_alive "$daemon" "nbdmirror"

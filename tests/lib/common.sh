@@ -16,6 +16,8 @@
 #
 # Exit codes: 0 pass, 1 fail, 77 skipped (a tool or kernel feature this machine lacks).
 
+# Variables set here are read by the scripts that source this file.
+# shellcheck disable=SC2034
 set -euo pipefail
 
 NM_BIN=${NBDMIRROR_BIN:-}
@@ -32,6 +34,8 @@ NM_START_TIMEOUT=${NM_START_TIMEOUT:-20}
 NM_STOP_TIMEOUT=${NM_STOP_TIMEOUT:-30}
 # Global options given before `run` (the log level is a program option, not a `run` option).
 NM_LOG_LEVEL=${NM_LOG_LEVEL:-debug}
+# The Python helpers must not leave __pycache__ directories in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 
 NM_PIDS=()           # Every background process this test started, in start order.
 NM_DAEMON_LOGS=()    # Every daemon log, for the failure report.
@@ -101,7 +105,7 @@ nm_wait_for() {
 # nm_alive PID: true while the process exists and is not a zombie.
 nm_alive() {
   local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
   stat=${stat##*) }
   [[ -n $stat && ${stat:0:1} != Z && ${stat:0:1} != X ]]
 }
@@ -186,7 +190,8 @@ nm_start_primary() {
       nm_untrack_pid "$pid"
       nm_fail "nbdmirror exited with status ${rc} during start-up"
     fi
-    (($(nm_now_ms) < deadline)) || nm_fail "nbdmirror did not answer on ${uri} within ${NM_START_TIMEOUT}s"
+    (($(nm_now_ms) < deadline)) ||
+      nm_fail "nbdmirror did not answer on ${uri} within ${NM_START_TIMEOUT}s"
     sleep 0.05
   done
   NM_PID=$pid
@@ -197,11 +202,17 @@ nm_start_primary() {
 # nm_stop PID [TIMEOUT_S]: SIGTERM, wait (bounded) and return the process's exit status.
 # Call it as `rc=0; nm_stop "$pid" || rc=$?`.
 nm_stop() {
+  kill -TERM "$1" 2>/dev/null || true
+  nm_wait_exit "$1" "${2:-$NM_STOP_TIMEOUT}"
+}
+
+# nm_wait_exit PID [TIMEOUT_S]: waits (bounded) for a process that was told to stop some other
+# way, and returns its exit status. Call it as `rc=0; nm_wait_exit "$pid" || rc=$?`.
+nm_wait_exit() {
   local pid=$1 timeout_s=${2:-$NM_STOP_TIMEOUT}
-  kill -TERM "$pid" 2>/dev/null || true
   local deadline=$(($(nm_now_ms) + timeout_s * 1000))
   while nm_alive "$pid"; do
-    (($(nm_now_ms) < deadline)) || nm_fail "pid ${pid} still running ${timeout_s}s after SIGTERM"
+    (($(nm_now_ms) < deadline)) || nm_fail "pid ${pid} still running after ${timeout_s}s"
     sleep 0.05
   done
   local rc=0
@@ -279,7 +290,8 @@ nm_start_nbdfuse() {
       cat "${NM_TMP}/nbdfuse.log" >&2 || true
       nm_fail "nbdfuse exited during start-up"
     fi
-    (($(nm_now_ms) < deadline)) || nm_fail "nbdfuse did not create ${file} within ${NM_START_TIMEOUT}s"
+    (($(nm_now_ms) < deadline)) ||
+      nm_fail "nbdfuse did not create ${file} within ${NM_START_TIMEOUT}s"
     sleep 0.05
   done
   NM_FUSE_PID=$pid

@@ -23,7 +23,7 @@ class VolumeTest : public ::testing::Test {
  protected:
   asio::io_context io_;
   FakeStore store_{io_, 1 << 20};
-  Volume volume_{io_, store_};
+  Volume volume_{io_, store_, nullptr, Mode::kFlush};
 };
 
 TEST_F(VolumeTest, OverlappingWriteStartsOnlyAfterTheEarlierOneCompletes) {
@@ -99,7 +99,7 @@ TEST(FaultInjectingStoreTest, OnlyMatchingRangesFail) {
   auto rule = ParseFaultRule("write:8192:4096");
   ASSERT_TRUE(rule.ok());
   FaultInjectingStore store(io, inner, {rule.value()});
-  Volume volume(io, store);
+  Volume volume(io, store, nullptr, Mode::kFlush);
   auto a = Bytes(4096, 1);
   base::Status hit, miss;
   bool hit_done = false, miss_done = false;

@@ -16,7 +16,7 @@
 #include <span>
 #include <vector>
 
-namespace nbd {
+namespace base {
 
 class BufferPool;
 
@@ -80,4 +80,4 @@ class BufferPool {
   std::vector<std::function<void()>> release_waiters_;
 };
 
-}  // namespace nbd
+}  // namespace base

@@ -1,12 +1,12 @@
 // Proves the buffer pool keeps its byte budget, recycles buffers, and wakes waiters on release.
 
-#include "nbd-server/buffer_pool.h"
+#include "base/buffer_pool.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 
-namespace nbd {
+namespace base {
 namespace {
 
 TEST(BufferPoolTest, BuffersAreAlignedAndLargeEnough) {
@@ -56,4 +56,4 @@ TEST(BufferPoolTest, ReleaseNotifiesWaitersOnce) {
 }
 
 }  // namespace
-}  // namespace nbd
+}  // namespace base

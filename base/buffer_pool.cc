@@ -1,4 +1,4 @@
-#include "nbd-server/buffer_pool.h"
+#include "base/buffer_pool.h"
 
 #include <bit>
 #include <cstdlib>
@@ -6,7 +6,7 @@
 
 #include "base/check.h"
 
-namespace nbd {
+namespace base {
 namespace {
 
 constexpr int kClassCount = 40;
@@ -126,4 +126,4 @@ void BufferPool::NotifyOnRelease(std::function<void()> callback) {
   release_waiters_.push_back(std::move(callback));
 }
 
-}  // namespace nbd
+}  // namespace base

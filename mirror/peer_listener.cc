@@ -1,0 +1,190 @@
+#include "mirror/peer_listener.h"
+
+#include <spdlog/spdlog.h>
+
+#include "transport/peer.pb.h"
+
+namespace mirror {
+
+using base::Status;
+using transport::FrameType;
+namespace pb = nbdmirror::peer;
+
+namespace {
+
+constexpr uint32_t kProtocolVersion = 1;
+
+pb::DiskState ToWire(DiskState state) {
+  switch (state) {
+    case DiskState::kUpToDate:
+      return pb::DISK_UP_TO_DATE;
+    case DiskState::kOutdated:
+      return pb::DISK_OUTDATED;
+    case DiskState::kInconsistent:
+      return pb::DISK_INCONSISTENT;
+    case DiskState::kFailed:
+      return pb::DISK_FAILED;
+  }
+  return pb::DISK_UNSPECIFIED;
+}
+
+}  // namespace
+
+PeerListener::PeerListener(asio::io_context& io, PeerListenerOptions options,
+                           MetadataFile& metadata, base::BufferPool& pool,
+                           ReplicaApplier* applier)
+    : io_(io),
+      options_(std::move(options)),
+      metadata_(metadata),
+      pool_(pool),
+      applier_(applier),
+      acceptor_(io) {}
+
+Status PeerListener::Listen(const base::Endpoint& endpoint) {
+  boost::system::error_code ec;
+  asio::ip::tcp::resolver resolver(io_);
+  auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port), ec);
+  if (ec || results.empty()) {
+    return Status::Error(EHOSTUNREACH, "cannot resolve " + endpoint.ToString());
+  }
+  const auto target = results.begin()->endpoint();
+  acceptor_.open(target.protocol(), ec);
+  if (!ec) {
+    acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  }
+  if (!ec) {
+    acceptor_.bind(target, ec);
+  }
+  if (!ec) {
+    acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  }
+  if (ec) {
+    return Status::Error(ec.value(), "cannot listen for the peer on " + endpoint.ToString() +
+                                         ": " + ec.message());
+  }
+  spdlog::info("listening for peer {} on {}", options_.peer_node_id, endpoint.ToString());
+  asio::co_spawn(io_, AcceptLoop(), asio::detached);
+  return Status::Ok();
+}
+
+void PeerListener::Stop() {
+  stopping_ = true;
+  boost::system::error_code ignored;
+  acceptor_.close(ignored);
+}
+
+asio::awaitable<void> PeerListener::AcceptLoop() {
+  while (!stopping_) {
+    asio::ip::tcp::socket socket(io_);
+    boost::system::error_code ec;
+    co_await acceptor_.async_accept(socket, asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping_) {
+      break;
+    }
+    if (ec) {
+      spdlog::warn("peer accept: {}", ec.message());
+      continue;
+    }
+    asio::co_spawn(io_, Handle(std::move(socket)), asio::detached);
+  }
+}
+
+asio::awaitable<void> PeerListener::Handle(asio::ip::tcp::socket socket) {
+  auto link = std::make_shared<transport::PeerConnection>(
+      std::make_unique<transport::PeerStream>(std::move(socket), options_.tls), pool_,
+      options_.timing);
+  Status st = co_await Handshake(link);
+  if (!st.ok()) {
+    ++refused_count_;
+    spdlog::warn("peer connection from {} refused: {}", link->remote(), st.ToString());
+    link->Close(st);
+  }
+}
+
+asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerConnection> link) {
+  if (Status st = co_await link->Authenticate(options_.secret, /*dialer=*/false); !st.ok()) {
+    co_return st;
+  }
+  pb::Hello hello;
+  if (Status st = co_await link->Expect(FrameType::kHello, hello); !st.ok()) {
+    co_return st;
+  }
+  const auto& md = metadata_.get();
+  auto refuse = [&](int error, const std::string& why) -> asio::awaitable<Status> {
+    pb::Refuse message;
+    message.set_reason(why);
+    (void)co_await link->SendMessage(FrameType::kRefuse, message);
+    co_return Status::Error(error, why);
+  };
+  if (hello.protocol_version() != kProtocolVersion) {
+    co_return co_await refuse(EPROTO, "unsupported protocol version " +
+                                          std::to_string(hello.protocol_version()));
+  }
+  if (hello.node_id() != options_.peer_node_id) {
+    co_return co_await refuse(EACCES, "node '" + hello.node_id() + "' is not the configured peer '" +
+                                          options_.peer_node_id + "'");
+  }
+  if (applier_ == nullptr) {
+    co_return co_await refuse(EEXIST, "node '" + options_.node_id + "' is primary; '" +
+                                          hello.node_id() +
+                                          "' may not mirror into it (split brain?)");
+  }
+  if (hello.role() != pb::ROLE_PRIMARY) {
+    co_return co_await refuse(EINVAL, "only a primary may connect to a secondary");
+  }
+  if (hello.size_bytes() != md.size_bytes) {
+    co_return co_await refuse(EINVAL, "size mismatch: primary has " +
+                                          std::to_string(hello.size_bytes()) + " bytes, this volume " +
+                                          std::to_string(md.size_bytes));
+  }
+  if (hello.volume_uuid().empty() ||
+      (!md.volume_uuid.empty() && hello.volume_uuid() != md.volume_uuid)) {
+    co_return co_await refuse(EINVAL, "volume identity mismatch: primary has '" +
+                                          hello.volume_uuid() + "', this volume '" +
+                                          md.volume_uuid + "'");
+  }
+  if (applier_->attached() || handshaking_) {
+    co_return co_await refuse(EBUSY, "already mirroring from primary '" +
+                                         applier_->primary_node_id() + "'");
+  }
+  handshaking_ = true;
+  pb::Hello ours;
+  ours.set_protocol_version(kProtocolVersion);
+  ours.set_node_id(options_.node_id);
+  ours.set_role(pb::ROLE_SECONDARY);
+  ours.set_volume_uuid(md.volume_uuid);
+  ours.set_size_bytes(md.size_bytes);
+  ours.set_disk(ToWire(md.disk));
+  Status st = co_await link->SendMessage(FrameType::kHello, ours);
+  pb::SyncPlan plan;
+  if (st.ok()) {
+    st = co_await link->Expect(FrameType::kSyncPlan, plan);
+  }
+  if (st.ok() && plan.volume_uuid() != hello.volume_uuid()) {
+    st = Status::Error(EPROTO, "SyncPlan names another volume");
+  }
+  if (st.ok()) {
+    // Recorded before the first resync block can land: a crash mid-resync leaves this copy
+    // marked Inconsistent, never mistaken for a usable one.
+    st = metadata_.Update([&](VolumeMetadata& next) {
+      next.volume_uuid = plan.volume_uuid();
+      if (plan.full_resync()) {
+        next.disk = DiskState::kInconsistent;
+      }
+    });
+  }
+  if (st.ok()) {
+    co_await applier_->WaitIdle();
+    st = co_await link->SendMessage(FrameType::kReady, pb::Ready());
+  }
+  handshaking_ = false;
+  if (!st.ok()) {
+    co_return st;
+  }
+  spdlog::info("primary {} connected from {} ({})", hello.node_id(), link->remote(),
+               plan.full_resync() ? "full resync follows" : "in sync");
+  applier_->Attach(link, hello.node_id());
+  co_return Status::Ok();
+}
+
+}  // namespace mirror

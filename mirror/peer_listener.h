@@ -1,0 +1,58 @@
+#pragma once
+// PeerListener: accepts connections from the other daemon on --listen.
+//
+// On a secondary it runs the acceptor side of the handshake: authenticate, check the caller's
+// Hello (it must be the configured peer, a primary, of the same size and, once paired, the same
+// volume), answer with our Hello, record the primary's SyncPlan durably, and hand the link to
+// the ReplicaApplier. On a primary it authenticates and then refuses: a node that dials a
+// primary believes it is primary itself, and two primaries would split the volume.
+//
+// Every refusal is logged with its reason and sent to the caller in a Refuse frame; nothing is
+// written to the volume before the handshake is complete.
+
+#include <string>
+
+#include "base/asio.h"
+#include "base/buffer_pool.h"
+#include "base/endpoint.h"
+#include "mirror/metadata.h"
+#include "mirror/replica_applier.h"
+#include "transport/peer_connection.h"
+
+namespace mirror {
+
+struct PeerListenerOptions {
+  std::string node_id;
+  std::string peer_node_id;
+  std::string secret;
+  asio::ssl::context* tls = nullptr;
+  transport::LinkTiming timing;
+};
+
+class PeerListener {
+ public:
+  // `applier` is null on a primary. Everything is borrowed.
+  PeerListener(asio::io_context& io, PeerListenerOptions options, MetadataFile& metadata,
+               base::BufferPool& pool, ReplicaApplier* applier);
+
+  base::Status Listen(const base::Endpoint& endpoint);
+  void Stop();
+  uint64_t refused_count() const { return refused_count_; }
+
+ private:
+  asio::awaitable<void> AcceptLoop();
+  asio::awaitable<void> Handle(asio::ip::tcp::socket socket);
+  asio::awaitable<base::Status> Handshake(std::shared_ptr<transport::PeerConnection> link);
+
+  asio::io_context& io_;
+  PeerListenerOptions options_;
+  MetadataFile& metadata_;
+  base::BufferPool& pool_;
+  ReplicaApplier* applier_;
+  asio::ip::tcp::acceptor acceptor_;
+  bool stopping_ = false;
+  bool handshaking_ = false;
+  uint64_t refused_count_ = 0;
+};
+
+}  // namespace mirror

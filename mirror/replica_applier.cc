@@ -1,0 +1,192 @@
+#include "mirror/replica_applier.h"
+
+#include <spdlog/spdlog.h>
+
+#include "transport/peer.pb.h"
+
+namespace mirror {
+
+using base::Status;
+using transport::FrameType;
+namespace pb = nbdmirror::peer;
+
+ReplicaApplier::ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata)
+    : io_(io),
+      store_(store),
+      metadata_(metadata),
+      group_commit_(io, store),
+      idle_event_(io.get_executor()) {}
+
+asio::awaitable<void> ReplicaApplier::WaitIdle() {
+  while (!idle()) {
+    co_await idle_event_.Wait();
+  }
+}
+
+void ReplicaApplier::Attach(std::shared_ptr<transport::PeerConnection> link,
+                            std::string primary_node_id) {
+  link_ = std::move(link);
+  primary_node_id_ = std::move(primary_node_id);
+  link_->StartStreaming(this);
+}
+
+void ReplicaApplier::Reject(const std::string& why) {
+  spdlog::error("primary {} sent an invalid operation: {}; dropping the link", primary_node_id_,
+                why);
+  link_->Close(Status::Error(EPROTO, why));
+}
+
+void ReplicaApplier::OnFrame(transport::Frame frame) {
+  switch (frame.type) {
+    case FrameType::kWrite:
+      ApplyWrite(std::move(frame));
+      return;
+    case FrameType::kZero:
+      ApplyZero(frame);
+      return;
+    case FrameType::kFlush:
+      ApplyFlush(frame, /*resync_done=*/false);
+      return;
+    case FrameType::kResyncDone:
+      ApplyFlush(frame, /*resync_done=*/true);
+      return;
+    default:
+      Reject(std::string("unexpected ") + transport::FrameTypeName(frame.type));
+  }
+}
+
+void ReplicaApplier::ApplyWrite(transport::Frame frame) {
+  pb::Write write;
+  if (!frame.Parse(write)) {
+    Reject("Write does not parse");
+    return;
+  }
+  const uint64_t size = store_.size_bytes();
+  if (write.length_bytes() != frame.payload.size()) {
+    Reject("Write declares " + std::to_string(write.length_bytes()) + " bytes but carries " +
+           std::to_string(frame.payload.size()));
+    return;
+  }
+  if (write.offset_bytes() > size || write.length_bytes() > size - write.offset_bytes()) {
+    Reject("Write at " + std::to_string(write.offset_bytes()) + "+" +
+           std::to_string(write.length_bytes()) + " is past the end of the volume");
+    return;
+  }
+  ++stats_.writes;
+  (write.resync() ? stats_.resync_bytes : stats_.written_bytes) += write.length_bytes();
+  ++stats_.ops_in_flight;
+  auto payload = std::make_shared<base::Buffer>(std::move(frame.payload));
+  WeakLink link = link_;
+  const uint64_t seq = write.seq();
+  const bool durable = write.durable();
+  Status st = store_.Write(write.offset_bytes(), payload->span(),
+                           [this, payload, link, seq, durable](Status result) {
+                             Finish(link, seq, durable, std::move(result));
+                           });
+  if (!st.ok()) {
+    asio::post(io_, [this, link, seq, st] { Finish(link, seq, false, st); });
+  }
+}
+
+void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
+  pb::Zero zero;
+  if (!frame.Parse(zero)) {
+    Reject("Zero does not parse");
+    return;
+  }
+  const uint64_t size = store_.size_bytes();
+  if (zero.offset_bytes() > size || zero.length_bytes() > size - zero.offset_bytes()) {
+    Reject("Zero at " + std::to_string(zero.offset_bytes()) + "+" +
+           std::to_string(zero.length_bytes()) + " is past the end of the volume");
+    return;
+  }
+  ++stats_.ops_in_flight;
+  WeakLink link = link_;
+  const uint64_t seq = zero.seq();
+  const bool durable = zero.durable();
+  auto finish = [this, link, seq, durable](Status result) {
+    Finish(link, seq, durable, std::move(result));
+  };
+  Status st;
+  if (zero.discard()) {
+    st = store_.Discard(zero.offset_bytes(), zero.length_bytes(), finish);
+  } else {
+    nbd::ZeroOptions options;
+    options.may_punch_hole = zero.may_punch_hole();
+    st = store_.ZeroRange(zero.offset_bytes(), zero.length_bytes(), options, finish);
+  }
+  if (!st.ok()) {
+    asio::post(io_, [this, link, seq, st] { Finish(link, seq, false, st); });
+  }
+}
+
+void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done) {
+  uint64_t seq = 0;
+  if (resync_done) {
+    pb::ResyncDone message;
+    if (!frame.Parse(message)) {
+      Reject("ResyncDone does not parse");
+      return;
+    }
+    seq = message.seq();
+  } else {
+    pb::Flush message;
+    if (!frame.Parse(message)) {
+      Reject("Flush does not parse");
+      return;
+    }
+    seq = message.seq();
+  }
+  ++stats_.flushes;
+  ++stats_.ops_in_flight;
+  WeakLink link = link_;
+  group_commit_.RequestDurable([this, link, seq, resync_done](Status st) {
+    if (st.ok() && resync_done) {
+      st = metadata_.Update([](VolumeMetadata& md) { md.disk = DiskState::kUpToDate; });
+      if (st.ok()) {
+        spdlog::info("resync from {} complete: this copy is UpToDate", primary_node_id_);
+      }
+    }
+    --stats_.ops_in_flight;
+    SendAck(link, seq, st);
+    idle_event_.Notify();
+  });
+}
+
+void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status) {
+  if (status.ok()) {
+    group_commit_.NoteWriteCompleted();
+  }
+  if (!status.ok() || !durable) {
+    --stats_.ops_in_flight;
+    if (!status.ok()) {
+      spdlog::error("applying seq {} failed: {}", seq, status.ToString());
+    }
+    SendAck(link, seq, status);
+    idle_event_.Notify();
+    return;
+  }
+  group_commit_.RequestDurable([this, link, seq](Status synced) {
+    --stats_.ops_in_flight;
+    SendAck(link, seq, synced);
+    idle_event_.Notify();
+  });
+}
+
+void ReplicaApplier::SendAck(const WeakLink& link, uint64_t seq, const Status& status) {
+  auto live = link.lock();
+  if (!live || live->closed()) {
+    return;
+  }
+  pb::Ack ack;
+  ack.set_seq(seq);
+  ack.set_error(status.errno_value());
+  live->Send(FrameType::kAck, ack);
+}
+
+void ReplicaApplier::OnClosed(const Status& why) {
+  spdlog::warn("primary {} disconnected: {}", primary_node_id_, why.ToString());
+  link_.reset();
+}
+
+}  // namespace mirror

@@ -1,0 +1,71 @@
+#pragma once
+// ReplicaApplier: the secondary's side of the mirror. It applies what the primary sends to the
+// local store and acknowledges each operation once the store says so: after the write for a
+// non-durable write, after a group-committed datasync covering it for a durable one (mode sync,
+// FUA, Flush). Writes are applied concurrently: the primary never has two overlapping writes in
+// flight.
+//
+// Every received operation is validated first (range inside the volume, payload length equal to
+// the declared length); anything invalid drops the link and nothing of it is written.
+//
+// Loop thread only. Store and metadata are borrowed and must outlive the applier.
+
+#include <memory>
+#include <string>
+
+#include "base/asio.h"
+#include "mirror/group_commit.h"
+#include "mirror/local_store.h"
+#include "mirror/metadata.h"
+#include "transport/peer_connection.h"
+
+namespace mirror {
+
+struct ApplierStats {
+  uint64_t writes = 0;
+  uint64_t written_bytes = 0;
+  uint64_t resync_bytes = 0;
+  uint64_t flushes = 0;
+  uint64_t ops_in_flight = 0;
+};
+
+class ReplicaApplier final : public transport::FrameHandler {
+ public:
+  ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata);
+
+  bool attached() const { return link_ != nullptr; }
+  bool idle() const { return stats_.ops_in_flight == 0; }
+  // Waits until operations of earlier links have all completed, so they cannot land after what
+  // a new primary sends.
+  asio::awaitable<void> WaitIdle();
+  // Makes every applied write durable (used at shutdown).
+  void FlushAll(StoreDone done) { group_commit_.RequestDurable(std::move(done)); }
+  void Attach(std::shared_ptr<transport::PeerConnection> link, std::string primary_node_id);
+
+  void OnFrame(transport::Frame frame) override;
+  void OnClosed(const base::Status& why) override;
+
+  const ApplierStats& stats() const { return stats_; }
+  const std::string& primary_node_id() const { return primary_node_id_; }
+  bool disk_failed() const { return group_commit_.failed(); }
+
+ private:
+  using WeakLink = std::weak_ptr<transport::PeerConnection>;
+  void ApplyWrite(transport::Frame frame);
+  void ApplyZero(const transport::Frame& frame);
+  void ApplyFlush(const transport::Frame& frame, bool resync_done);
+  void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status);
+  void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status);
+  void Reject(const std::string& why);
+
+  asio::io_context& io_;
+  LocalStore& store_;
+  MetadataFile& metadata_;
+  GroupCommit group_commit_;
+  std::shared_ptr<transport::PeerConnection> link_;
+  std::string primary_node_id_;
+  ApplierStats stats_;
+  base::AsyncEvent idle_event_;
+};
+
+}  // namespace mirror

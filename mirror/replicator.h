@@ -1,0 +1,124 @@
+#pragma once
+// Replicator: the primary's side of the mirror. It implements PeerLink for the Volume, keeps a
+// connection to the standby (dialing and redialing it), runs the handshake that decides whether
+// the standby needs a full resync, drives that resync, and applies the failure policy when the
+// standby goes away.
+//
+// Connection states (status "connection"): kConnecting while dialing or between attempts,
+// kConnected once the handshake is done and writes are mirrored.
+//
+// Peer loss (link error, bad frame, heartbeat timeout, a failed write on the standby):
+//   - the peer's copy is recorded as Outdated in the metadata file, durably, before any write
+//     is acknowledged without it;
+//   - `degrade` (default): writes in flight to the peer and all later writes complete with
+//     kDegraded; the volume keeps serving;
+//   - `block`: they are held until the standby is back and has been resynchronised.
+// A returning standby whose copy is not known to be UpToDate gets a full resync (the
+// write-intent bitmap that narrows this to dirty regions comes later).
+//
+// Loop thread only.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "base/asio.h"
+#include "base/buffer_pool.h"
+#include "base/endpoint.h"
+#include "mirror/metadata.h"
+#include "mirror/peer_link.h"
+#include "mirror/resync.h"
+#include "mirror/volume.h"
+#include "transport/peer_connection.h"
+
+namespace mirror {
+
+enum class PeerLossPolicy { kDegrade, kBlock };
+enum class ConnectionState { kStandalone, kConnecting, kConnected };
+const char* ConnectionStateName(ConnectionState state);
+
+struct ReplicatorOptions {
+  std::string node_id;
+  std::string peer_node_id;
+  base::Endpoint peer_endpoint;
+  std::string secret;
+  asio::ssl::context* tls = nullptr;
+  transport::LinkTiming timing;
+  PeerLossPolicy on_peer_loss = PeerLossPolicy::kDegrade;
+  bool skip_initial_sync = false;
+  std::chrono::milliseconds retry_interval{1000};
+};
+
+class Replicator final : public PeerLink, public transport::FrameHandler {
+ public:
+  // Everything is borrowed and must outlive the replicator. `peer_disk_known_good` says the
+  // metadata recorded a clean shutdown with the peer UpToDate.
+  Replicator(asio::io_context& io, ReplicatorOptions options, MetadataFile& metadata,
+             base::BufferPool& pool, bool peer_disk_known_good);
+
+  void SetVolume(Volume* volume) { volume_ = volume; }
+  void Start();
+  // Stops dialing and closes the link. In-flight operations complete (kDegraded).
+  void Stop();
+
+  // PeerLink.
+  void ReplicateWrite(uint64_t offset_bytes, std::span<const std::byte> data, bool durable,
+                      PeerDone done) override;
+  void ReplicateZero(uint64_t offset_bytes, uint64_t length_bytes, nbd::ZeroOptions options,
+                     bool discard, bool durable, PeerDone done) override;
+  void ReplicateFlush(PeerDone done) override;
+
+  // FrameHandler.
+  void OnFrame(transport::Frame frame) override;
+  void OnClosed(const base::Status& why) override;
+
+  ConnectionState connection() const { return connection_; }
+  DiskState peer_disk() const { return peer_disk_; }
+  ResyncProgress resync() const;
+  size_t pending_count() const { return pending_.size(); }
+  size_t held_count() const { return held_.size(); }
+  const std::string& last_error() const { return last_error_; }
+  // True when every write since the start of this connection reached the peer, the peer is
+  // UpToDate, and nothing is in flight: what a clean shutdown may record.
+  bool PeerInSync() const;
+
+ private:
+  struct Pending {
+    PeerDone done;
+    bool resync = false;
+  };
+
+  asio::awaitable<void> DialLoop();
+  asio::awaitable<base::Status> ConnectOnce();
+  base::Status CheckPeerHello(const google::protobuf::MessageLite& hello) const;
+  uint64_t NextSeq() { return next_seq_++; }
+  bool Streaming() const { return link_ != nullptr && connection_ == ConnectionState::kConnected; }
+  void SendOrHold(const std::function<void(uint64_t seq)>& send, PeerDone done, bool resync);
+  void CompleteUnreplicated(PeerDone done);
+  void MarkPeerDisk(DiskState state);
+  void StartResync();
+  void OnResyncFinished(bool complete);
+  void ReleaseHeld();
+
+  asio::io_context& io_;
+  ReplicatorOptions options_;
+  MetadataFile& metadata_;
+  base::BufferPool& pool_;
+  Volume* volume_ = nullptr;
+  std::shared_ptr<transport::PeerConnection> link_;
+  ConnectionState connection_ = ConnectionState::kStandalone;
+  DiskState peer_disk_ = DiskState::kInconsistent;
+  std::unordered_map<uint64_t, Pending> pending_;
+  std::vector<PeerDone> held_;  // Block policy: waiting for the peer to be UpToDate again.
+  uint64_t next_seq_ = 1;
+  std::shared_ptr<FullResync> resync_;
+  ResyncProgress resync_progress_;
+  std::unique_ptr<base::AsyncEvent> link_closed_;
+  bool stopping_ = false;
+  std::string last_error_;
+};
+
+}  // namespace mirror

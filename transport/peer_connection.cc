@@ -1,0 +1,316 @@
+#include "transport/peer_connection.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "transport/peer.pb.h"
+#include "transport/peer_auth.h"
+
+namespace transport {
+
+using base::Status;
+namespace pb = nbdmirror::peer;
+
+namespace {
+
+constexpr size_t kMaxFramesPerWrite = 64;
+
+std::span<const std::byte> AsBytes(const std::string& s) {
+  return std::as_bytes(std::span<const char>(s.data(), s.size()));
+}
+
+}  // namespace
+
+PeerConnection::PeerConnection(std::unique_ptr<PeerStream> stream, base::BufferPool& pool,
+                               LinkTiming timing)
+    : stream_(std::move(stream)),
+      pool_(pool),
+      timing_(timing),
+      writer_wakeup_(stream_->executor()),
+      reader_wakeup_(stream_->executor()),
+      heartbeat_timer_(stream_->executor()),
+      last_received_(std::chrono::steady_clock::now()) {}
+
+PeerConnection::~PeerConnection() { stream_->Close(); }
+
+PeerConnection::Outgoing PeerConnection::Build(FrameType type,
+                                               const google::protobuf::MessageLite& message,
+                                               std::span<const std::byte> payload) const {
+  Outgoing out;
+  out.message.resize(message.ByteSizeLong());
+  CHECK(message.SerializeToArray(out.message.data(), static_cast<int>(out.message.size())));
+  out.payload = payload;
+  out.header = BuildFrameHeader(type, out.message, payload);
+  return out;
+}
+
+asio::awaitable<Status> PeerConnection::SendMessage(FrameType type,
+                                                    const google::protobuf::MessageLite& message) {
+  Outgoing out = Build(type, message, {});
+  std::vector<asio::const_buffer> buffers{asio::buffer(out.header),
+                                          asio::buffer(out.message)};
+  co_return co_await stream_->WriteAll(buffers);
+}
+
+asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrameNoDeadline() {
+  std::array<std::byte, kFrameHeaderBytes> raw{};
+  if (Status st = co_await stream_->ReadExact(asio::buffer(raw)); !st.ok()) {
+    co_return st;
+  }
+  auto header = ParseFrameHeader(raw);
+  if (!header.ok()) {
+    co_return header.status();
+  }
+  Frame frame;
+  frame.type = header.value().type;
+  frame.message.resize(header.value().message_bytes);
+  if (Status st = co_await stream_->ReadExact(asio::buffer(frame.message)); !st.ok()) {
+    co_return st;
+  }
+  if (header.value().payload_bytes > 0) {
+    for (;;) {
+      if (auto buffer = pool_.TryAcquire(header.value().payload_bytes)) {
+        frame.payload = std::move(*buffer);
+        break;
+      }
+      // Out of buffers: stop reading until one comes back; TCP pushes back on the sender.
+      std::weak_ptr<PeerConnection> weak = weak_from_this();
+      pool_.NotifyOnRelease([weak] {
+        if (auto self = weak.lock()) {
+          self->reader_wakeup_.Notify();
+        }
+      });
+      co_await reader_wakeup_.Wait();
+      if (closed_) {
+        co_return Status::Error(ECONNABORTED, "link closed");
+      }
+    }
+    auto span = frame.payload.span();
+    if (Status st = co_await stream_->ReadExact(asio::buffer(span.data(), span.size()));
+        !st.ok()) {
+      co_return st;
+    }
+  }
+  if (!FrameCrcMatches(header.value(), frame.message, frame.payload.span())) {
+    co_return Status::Error(EBADMSG, std::string(FrameTypeName(frame.type)) +
+                                         " frame failed its CRC32C check");
+  }
+  last_received_ = std::chrono::steady_clock::now();
+  ++received_frames_;
+  co_return frame;
+}
+
+asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrame(
+    std::chrono::milliseconds deadline) {
+  // A peer that connects and then says nothing must not hold the handshake forever.
+  asio::steady_timer timer(stream_->executor());
+  timer.expires_after(deadline);
+  bool timed_out = false;
+  std::weak_ptr<PeerConnection> weak = weak_from_this();
+  timer.async_wait([weak, &timed_out](const boost::system::error_code& ec) {
+    if (!ec) {
+      if (auto self = weak.lock()) {
+        timed_out = true;
+        self->stream_->Close();
+      }
+    }
+  });
+  auto frame = co_await ReadFrameNoDeadline();
+  timer.cancel();
+  if (timed_out) {
+    co_return Status::Error(ETIMEDOUT, "peer sent nothing for " +
+                                           std::to_string(deadline.count()) + " ms");
+  }
+  co_return frame;
+}
+
+asio::awaitable<Status> PeerConnection::Expect(FrameType type,
+                                               google::protobuf::MessageLite& out) {
+  auto frame = co_await ReadFrame(timing_.timeout);
+  if (!frame.ok()) {
+    co_return frame.status();
+  }
+  if (frame.value().type == FrameType::kRefuse && type != FrameType::kRefuse) {
+    pb::Refuse refuse;
+    (void)frame.value().Parse(refuse);
+    co_return Status::Error(ECONNREFUSED, "peer refused: " + refuse.reason());
+  }
+  if (frame.value().type != type) {
+    co_return Status::Error(EPROTO, std::string("expected ") + FrameTypeName(type) + ", got " +
+                                        FrameTypeName(frame.value().type));
+  }
+  if (!frame.value().Parse(out)) {
+    co_return Status::Error(EPROTO, std::string(FrameTypeName(type)) + " does not parse");
+  }
+  co_return Status::Ok();
+}
+
+asio::awaitable<Status> PeerConnection::Authenticate(const std::string& secret, bool dialer) {
+  if (Status st = co_await stream_->Handshake(dialer); !st.ok()) {
+    co_return st;
+  }
+  const auto own_nonce = RandomNonce();
+  const Status refused = Status::Error(EACCES, "peer failed authentication (wrong secret?)");
+  if (!dialer) {
+    pb::AuthChallenge challenge;
+    challenge.set_nonce(own_nonce.data(), own_nonce.size());
+    if (Status st = co_await SendMessage(FrameType::kAuthChallenge, challenge); !st.ok()) {
+      co_return st;
+    }
+    pb::AuthResponse response;
+    if (Status st = co_await Expect(FrameType::kAuthResponse, response); !st.ok()) {
+      co_return st;
+    }
+    const auto peer_nonce = AsBytes(response.nonce());
+    if (peer_nonce.size() != kNonceBytes ||
+        !MacMatches(ComputeMac(secret, "dialer", own_nonce, peer_nonce),
+                    AsBytes(response.mac()))) {
+      pb::Refuse refuse;
+      refuse.set_reason("authentication failed");
+      (void)co_await SendMessage(FrameType::kRefuse, refuse);
+      co_return refused;
+    }
+    pb::AuthResponse answer;
+    const Mac mac = ComputeMac(secret, "acceptor", peer_nonce, own_nonce);
+    answer.set_mac(mac.data(), mac.size());
+    co_return co_await SendMessage(FrameType::kAuthResponse, answer);
+  }
+  pb::AuthChallenge challenge;
+  if (Status st = co_await Expect(FrameType::kAuthChallenge, challenge); !st.ok()) {
+    co_return st;
+  }
+  const auto peer_nonce = AsBytes(challenge.nonce());
+  if (peer_nonce.size() != kNonceBytes) {
+    co_return Status::Error(EPROTO, "malformed authentication challenge");
+  }
+  pb::AuthResponse response;
+  const Mac mac = ComputeMac(secret, "dialer", peer_nonce, own_nonce);
+  response.set_mac(mac.data(), mac.size());
+  response.set_nonce(own_nonce.data(), own_nonce.size());
+  if (Status st = co_await SendMessage(FrameType::kAuthResponse, response); !st.ok()) {
+    co_return st;
+  }
+  pb::AuthResponse answer;
+  if (Status st = co_await Expect(FrameType::kAuthResponse, answer); !st.ok()) {
+    co_return st.errno_value() == ECONNREFUSED ? refused : st;
+  }
+  if (!MacMatches(ComputeMac(secret, "acceptor", own_nonce, peer_nonce), AsBytes(answer.mac()))) {
+    co_return refused;
+  }
+  co_return Status::Ok();
+}
+
+void PeerConnection::StartStreaming(FrameHandler* handler) {
+  handler_ = handler;
+  last_received_ = std::chrono::steady_clock::now();
+  auto self = shared_from_this();
+  asio::co_spawn(stream_->executor(), ReadLoop(), asio::detached);
+  asio::co_spawn(stream_->executor(), WriteLoop(), asio::detached);
+  asio::co_spawn(stream_->executor(), HeartbeatLoop(), asio::detached);
+}
+
+void PeerConnection::Send(FrameType type, const google::protobuf::MessageLite& message,
+                          std::span<const std::byte> payload) {
+  if (closed_) {
+    return;
+  }
+  outgoing_.push_back(Build(type, message, payload));
+  writer_wakeup_.Notify();
+}
+
+void PeerConnection::Close(Status why) {
+  if (closed_) {
+    return;
+  }
+  closed_ = true;
+  stream_->Close();
+  outgoing_.clear();
+  writer_wakeup_.Notify();
+  reader_wakeup_.Notify();
+  heartbeat_timer_.cancel();
+  if (handler_ != nullptr) {
+    FrameHandler* handler = handler_;
+    auto self = shared_from_this();
+    asio::post(stream_->executor(), [self, handler, why] { handler->OnClosed(why); });
+  }
+}
+
+asio::awaitable<void> PeerConnection::ReadLoop() {
+  auto self = shared_from_this();
+  while (!closed_) {
+    auto frame = co_await ReadFrameNoDeadline();
+    if (closed_) {
+      break;
+    }
+    if (!frame.ok()) {
+      Close(frame.status());
+      break;
+    }
+    if (frame.value().type == FrameType::kHeartbeat) {
+      continue;
+    }
+    handler_->OnFrame(frame.TakeValue());
+  }
+}
+
+asio::awaitable<void> PeerConnection::WriteLoop() {
+  auto self = shared_from_this();
+  std::vector<Outgoing> batch;
+  std::vector<asio::const_buffer> buffers;
+  while (!closed_) {
+    if (outgoing_.empty()) {
+      co_await writer_wakeup_.Wait();
+      continue;
+    }
+    batch.clear();
+    buffers.clear();
+    while (!outgoing_.empty() && batch.size() < kMaxFramesPerWrite) {
+      batch.push_back(std::move(outgoing_.front()));
+      outgoing_.pop_front();
+    }
+    for (const Outgoing& out : batch) {
+      buffers.emplace_back(out.header.data(), out.header.size());
+      if (!out.message.empty()) {
+        buffers.emplace_back(out.message.data(), out.message.size());
+      }
+      if (!out.payload.empty()) {
+        buffers.emplace_back(out.payload.data(), out.payload.size());
+      }
+    }
+    Status st = co_await stream_->WriteAll(buffers);
+    if (!st.ok()) {
+      Close(st);
+      break;
+    }
+    sent_frames_ += batch.size();
+  }
+}
+
+asio::awaitable<void> PeerConnection::HeartbeatLoop() {
+  auto self = shared_from_this();
+  while (!closed_) {
+    heartbeat_timer_.expires_after(timing_.heartbeat_interval);
+    boost::system::error_code ec;
+    co_await heartbeat_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (closed_) {
+      break;
+    }
+    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - last_received_);
+    if (silent > timing_.timeout) {
+      Close(Status::Error(ETIMEDOUT, "peer silent for " + std::to_string(silent.count()) +
+                                         " ms (timeout " +
+                                         std::to_string(timing_.timeout.count()) + " ms)"));
+      break;
+    }
+    pb::Heartbeat beat;
+    beat.set_sent_unix_ms(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count()));
+    Send(FrameType::kHeartbeat, beat);
+  }
+}
+
+}  // namespace transport

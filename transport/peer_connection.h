@@ -1,0 +1,116 @@
+#pragma once
+// PeerConnection: a framed, checksummed, authenticated message link to the other daemon.
+//
+// Life: the dialer or acceptor creates it around a connected PeerStream and runs the
+// handshake phase with the coroutine calls (Authenticate, SendMessage, ReadFrame). Then
+// StartStreaming() hands it to a FrameHandler: a reader coroutine delivers each verified frame
+// to OnFrame, a writer coroutine sends queued frames in gathered writes, and a heartbeat
+// coroutine sends a Heartbeat every interval and closes the link when nothing at all has
+// arrived for `timeout` (a dead host, a cut cable, a SIGSTOPped peer).
+//
+// Any error (socket, bad frame, checksum mismatch, timeout, Close()) closes the link exactly
+// once and reports it through OnClosed, posted to the loop. Frames queued but not yet sent are
+// dropped; their payloads are borrowed and released by the caller when it learns of the close.
+//
+// Flow control: Send() queues at most what the caller has in flight (the caller bounds it);
+// received payloads come from the BufferPool, and the reader stops reading while it is empty.
+//
+// Lifetime: shared_ptr; the coroutines hold references. Loop thread only.
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/message_lite.h>
+
+#include "base/async_event.h"
+#include "base/buffer_pool.h"
+#include "base/status.h"
+#include "transport/frame.h"
+#include "transport/peer_stream.h"
+
+namespace transport {
+
+struct Frame {
+  FrameType type = FrameType::kHeartbeat;
+  std::vector<std::byte> message;
+  base::Buffer payload;
+
+  // Parses the protobuf message; false if it does not parse.
+  bool Parse(google::protobuf::MessageLite& out) const {
+    return out.ParseFromArray(message.data(), static_cast<int>(message.size()));
+  }
+};
+
+class FrameHandler {
+ public:
+  virtual ~FrameHandler() = default;
+  virtual void OnFrame(Frame frame) = 0;
+  virtual void OnClosed(const base::Status& why) = 0;
+};
+
+struct LinkTiming {
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::chrono::milliseconds timeout{5000};
+};
+
+class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
+ public:
+  // `pool` is borrowed and must outlive the connection.
+  PeerConnection(std::unique_ptr<PeerStream> stream, base::BufferPool& pool, LinkTiming timing);
+  ~PeerConnection();
+
+  const std::string& remote() const { return stream_->remote(); }
+
+  // Handshake phase (before StartStreaming).
+  asio::awaitable<base::Status> Authenticate(const std::string& secret, bool dialer);
+  asio::awaitable<base::Status> SendMessage(FrameType type,
+                                            const google::protobuf::MessageLite& message);
+  // Reads one frame; `deadline` bounds how long a silent peer can hold the handshake.
+  asio::awaitable<base::Result<Frame>> ReadFrame(std::chrono::milliseconds deadline);
+  // Reads one frame of the given type and parses it into `out`.
+  asio::awaitable<base::Status> Expect(FrameType type, google::protobuf::MessageLite& out);
+
+  // Streaming phase. `handler` is borrowed until OnClosed has run.
+  void StartStreaming(FrameHandler* handler);
+  // Queues a frame. `payload` is borrowed until the frame is sent or the link closes.
+  void Send(FrameType type, const google::protobuf::MessageLite& message,
+            std::span<const std::byte> payload = {});
+  void Close(base::Status why);
+  bool closed() const { return closed_; }
+
+  uint64_t sent_frames() const { return sent_frames_; }
+  uint64_t received_frames() const { return received_frames_; }
+
+ private:
+  struct Outgoing {
+    std::array<std::byte, kFrameHeaderBytes> header;
+    std::vector<std::byte> message;
+    std::span<const std::byte> payload;
+  };
+
+  asio::awaitable<base::Result<Frame>> ReadFrameNoDeadline();
+  asio::awaitable<void> ReadLoop();
+  asio::awaitable<void> WriteLoop();
+  asio::awaitable<void> HeartbeatLoop();
+  Outgoing Build(FrameType type, const google::protobuf::MessageLite& message,
+                 std::span<const std::byte> payload) const;
+
+  std::unique_ptr<PeerStream> stream_;
+  base::BufferPool& pool_;
+  const LinkTiming timing_;
+  FrameHandler* handler_ = nullptr;
+  std::deque<Outgoing> outgoing_;
+  base::AsyncEvent writer_wakeup_;
+  base::AsyncEvent reader_wakeup_;
+  asio::steady_timer heartbeat_timer_;
+  std::chrono::steady_clock::time_point last_received_;
+  bool closed_ = false;
+  uint64_t sent_frames_ = 0;
+  uint64_t received_frames_ = 0;
+};
+
+}  // namespace transport
