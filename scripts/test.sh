@@ -27,13 +27,14 @@ run_ctest() {  # run_ctest NAME BUILD_DIR CTEST_ARGS...
 }
 
 echo "=== release build"
-"$root/scripts/build.sh" "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNBDMIRROR_SANITIZE=
+"$root/scripts/build.sh" "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNBDMIRROR_SANITIZE= \
+  -DNBDMIRROR_BUILD_TESTS=ON
 run_ctest unit build -L unit -j "$(nproc)"
 run_ctest integration build -L 'integration|e2e'
 
 echo "=== sanitizer build (address,undefined)"
 "$root/scripts/build.sh" "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug \
-  -DNBDMIRROR_SANITIZE=address,undefined
+  -DNBDMIRROR_SANITIZE=address,undefined -DNBDMIRROR_BUILD_TESTS=ON
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 run_ctest asan-unit build-asan -L unit -j "$(nproc)"
 run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|faults|shutdown)_test'

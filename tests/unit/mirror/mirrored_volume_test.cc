@@ -1,0 +1,147 @@
+// Proves the acknowledgement rule of the mirrored write path on fakes: no write or flush is
+// answered before both the local store and the peer link have confirmed what the mode promises,
+// a degraded peer never fails a write, and overlapping writes reach the peer one at a time.
+
+#include <gtest/gtest.h>
+
+#include <deque>
+
+#include "mirror/volume.h"
+#include "tests/unit/support/fake_store.h"
+#include "tests/unit/support/loop.h"
+
+namespace mirror {
+namespace {
+
+using testing_support::FakeStore;
+
+class FakePeerLink final : public PeerLink {
+ public:
+  struct Op {
+    enum Kind { kWrite, kZero, kFlush } kind;
+    uint64_t offset_bytes;
+    uint64_t length_bytes;
+    bool durable;
+    PeerDone done;
+  };
+  void ReplicateWrite(uint64_t offset, std::span<const std::byte> data, bool durable,
+                      PeerDone done) override {
+    ops.push_back({Op::kWrite, offset, data.size(), durable, std::move(done)});
+  }
+  void ReplicateZero(uint64_t offset, uint64_t length, nbd::ZeroOptions, bool, bool durable,
+                     PeerDone done) override {
+    ops.push_back({Op::kZero, offset, length, durable, std::move(done)});
+  }
+  void ReplicateFlush(PeerDone done) override {
+    ops.push_back({Op::kFlush, 0, 0, true, std::move(done)});
+  }
+  void Answer(PeerOutcome outcome) {
+    ASSERT_FALSE(ops.empty());
+    Op op = std::move(ops.front());
+    ops.pop_front();
+    op.done(outcome);
+  }
+  std::deque<Op> ops;
+};
+
+std::vector<std::byte> Bytes(size_t n, uint8_t value) {
+  return std::vector<std::byte>(n, std::byte{value});
+}
+
+class MirroredVolumeTest : public ::testing::Test {
+ protected:
+  asio::io_context io_;
+  FakeStore store_{io_, 1 << 20};
+  FakePeerLink peer_;
+};
+
+TEST_F(MirroredVolumeTest, SyncWriteWaitsForLocalDatasyncAndPeerConfirmation) {
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  auto data = Bytes(4096, 1);
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { replied = st.ok(); }).ok());
+  ASSERT_EQ(peer_.ops.size(), 1u);
+  EXPECT_TRUE(peer_.ops.front().durable) << "sync mode must ask the peer for durability";
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  EXPECT_FALSE(replied);
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
+  EXPECT_FALSE(replied) << "replied before the peer confirmed";
+  peer_.Answer(PeerOutcome::kConfirmed);
+  EXPECT_TRUE(replied);
+}
+
+TEST_F(MirroredVolumeTest, PeerConfirmationAloneIsNotEnough) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(512, 2);
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status) { replied = true; }).ok());
+  peer_.Answer(PeerOutcome::kConfirmed);
+  EXPECT_FALSE(replied) << "replied before the local write completed";
+  store_.CompleteAll();
+  EXPECT_TRUE(replied);
+  EXPECT_EQ(store_.datasyncs_submitted(), 0) << "flush mode writes need no datasync";
+}
+
+TEST_F(MirroredVolumeTest, FuaInFlushModeIsDurableOnBothSides) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(512, 3);
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, true, [&](base::Status) { replied = true; }).ok());
+  EXPECT_TRUE(peer_.ops.front().durable);
+  store_.CompleteAll();
+  EXPECT_EQ(store_.durable()[0], std::byte{3});
+  peer_.Answer(PeerOutcome::kConfirmed);
+  EXPECT_TRUE(replied);
+}
+
+TEST_F(MirroredVolumeTest, FlushWaitsForBothSides) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(512, 4);
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  store_.CompleteAll();
+  peer_.Answer(PeerOutcome::kConfirmed);
+  bool flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  store_.CompleteAll();
+  EXPECT_FALSE(flushed) << "flush answered before the peer flushed";
+  ASSERT_EQ(peer_.ops.front().kind, FakePeerLink::Op::kFlush);
+  peer_.Answer(PeerOutcome::kConfirmed);
+  EXPECT_TRUE(flushed);
+}
+
+TEST_F(MirroredVolumeTest, DegradedPeerNeverFailsAWrite) {
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  auto data = Bytes(512, 5);
+  base::Status result = base::Status::Error(EIO, "unset");
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { result = st; }).ok());
+  peer_.Answer(PeerOutcome::kDegraded);
+  store_.CompleteAll();
+  EXPECT_TRUE(result.ok());
+  EXPECT_EQ(volume.stats().degraded_writes, 1u);
+}
+
+TEST_F(MirroredVolumeTest, OverlappingWriteReachesThePeerOnlyAfterTheFirstIsConfirmed) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto a = Bytes(4096, 6), b = Bytes(4096, 7);
+  ASSERT_TRUE(volume.Write(0, a, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(volume.Write(1024, b, false, [](base::Status) {}).ok());
+  EXPECT_EQ(peer_.ops.size(), 1u);
+  store_.CompleteAll();
+  EXPECT_EQ(peer_.ops.size(), 1u) << "local completion alone must not release the range";
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_EQ(peer_.ops.size(), 1u);
+  EXPECT_EQ(peer_.ops.front().offset_bytes, 1024u);
+}
+
+TEST_F(MirroredVolumeTest, FailedLocalWriteFailsEvenIfThePeerConfirmed) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(512, 8);
+  base::Status result;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { result = st; }).ok());
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(store_.FailOldest(EIO));
+  EXPECT_EQ(result.errno_value(), EIO);
+}
+
+}  // namespace
+}  // namespace mirror
