@@ -21,7 +21,7 @@
 #   BENCH_RUNTIME=15   seconds measured per run (plus 2 s ramp)
 #   BENCH_REPS=3       repetitions; the report takes medians
 #   BENCH_SIZE=2G      size of each backing file (IEC suffixes; a multiple of 1 MiB)
-#   BENCH_JOBS="..."   subset of job names (default: all bench/fio/*.fio in a fixed order)
+#   BENCH_JOBS="..."   subset of job names (default: all six, in the order of bench/README.md)
 #   BENCH_TARGETS="..."  subset of targets (default: all four)
 #   BENCH_TMPDIR=/var/tmp  where the backing files go; must be on the disk you mean to measure
 #   BENCH_OUT=bench/out    parent of the timestamped output directory
@@ -36,9 +36,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 runtime_s=${BENCH_RUNTIME:-15}
 reps=${BENCH_REPS:-3}
 size=${BENCH_SIZE:-2G}
-# Word splitting is wanted here: the lists are space-separated names.
-job_names=(${BENCH_JOBS:-w4k_qd1_flush w4k_qd32 r4k_qd1 r4k_qd32 seqw1m_qd8 seqr1m_qd8})
-target_names=(${BENCH_TARGETS:-nbdmirror nbdkit nbdkit-nocache raw})
+read -r -a job_names <<<"${BENCH_JOBS:-w4k_qd1_flush w4k_qd32 r4k_qd1 r4k_qd32 seqw1m_qd8 seqr1m_qd8}"
+read -r -a target_names <<<"${BENCH_TARGETS:-nbdmirror nbdkit nbdkit-nocache raw}"
 nbdmirror_src=${NBDMIRROR_BIN:-$here/../build/nbdmirror}
 tmp_parent=${BENCH_TMPDIR:-/var/tmp}
 out_parent=${BENCH_OUT:-$here/out}
@@ -149,10 +148,18 @@ read_sys() { cat "$1" 2>/dev/null || echo unknown; }
 disk_stat=/sys/class/block/${parent:-$devname}/stat
 [[ -r $disk_stat ]] || die "cannot read $disk_stat"
 git_dir=$here/..
+# The command as it could be typed again: the settings that were given, then the script.
+command_line=""
+for var in NBDMIRROR_BIN BENCH_RUNTIME BENCH_REPS BENCH_SIZE BENCH_JOBS BENCH_TARGETS \
+  BENCH_TMPDIR BENCH_OUT BENCH_PYTHON; do
+  if [[ -n ${!var:-} ]]; then
+    command_line+="$var=$(printf '%q' "${!var}") "
+  fi
+done
+command_line+=$(printf '%q' "$0")
 jq -n \
   --arg date "$(date -Iseconds)" \
-  --arg command "$(printf 'BENCH_RUNTIME=%s BENCH_REPS=%s BENCH_SIZE=%s %q' \
-    "$runtime_s" "$reps" "$size" "$0")" \
+  --arg command "$command_line" \
   --arg runtime_s "$runtime_s" --arg reps "$reps" --arg size "$size" \
   --arg size_bytes "$size_bytes" \
   --arg jobs "${job_names[*]}" --arg targets "${target_names[*]}" \

@@ -279,9 +279,14 @@ Status StartPrimary(Node& node, bool peer_known_good) {
 }
 
 void StopPrimary(Node& node) {
+  if (node.replicator) {
+    node.replicator->BeginShutdown();
+  }
   node.nbd->Stop([&node] {
     Status flushed = node.volume->Flush([&node](Status st) {
-      if (!st.ok()) {
+      // ESHUTDOWN: the local datasync succeeded but a `block` peer is away; the peer's state is
+      // recorded below, and the exit is still clean.
+      if (!st.ok() && st.errno_value() != ESHUTDOWN) {
         node.exit_status = Status::Error(EIO, "final datasync failed: " + st.ToString());
       }
       const bool in_sync = node.replicator && node.replicator->PeerInSync();

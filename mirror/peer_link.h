@@ -6,8 +6,10 @@
 //   kConfirmed  the peer applied the operation (and, if `durable`, made it durable)
 //   kDegraded   the peer is not there, and the failure policy lets the write complete without
 //               it; the link has already recorded (durably) that the peer's copy is outdated.
+//   kAborted    the peer is not there, the policy is `block`, and the daemon is shutting down:
+//               the operation must fail rather than be acknowledged without the peer.
 // Under the `block` policy a link never answers kDegraded: it holds `done` until the peer is
-// back and up to date.
+// back and has the operation.
 //
 // Buffers are borrowed until `done` runs.
 
@@ -19,7 +21,7 @@
 
 namespace mirror {
 
-enum class PeerOutcome { kConfirmed, kDegraded };
+enum class PeerOutcome { kConfirmed, kDegraded, kAborted };
 using PeerDone = std::function<void(PeerOutcome)>;
 
 class PeerLink {

@@ -155,6 +155,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
   ours.set_volume_uuid(md.volume_uuid);
   ours.set_size_bytes(md.size_bytes);
   ours.set_disk(ToWire(md.disk));
+  ours.set_timeout_ms(static_cast<uint32_t>(options_.timing.timeout.count()));
   Status st = co_await link->SendMessage(FrameType::kHello, ours);
   pb::SyncPlan plan;
   if (st.ok()) {
@@ -183,6 +184,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
   }
   spdlog::info("primary {} connected from {} ({})", hello.node_id(), link->remote(),
                plan.full_resync() ? "full resync follows" : "in sync");
+  link->AdaptToPeerTimeout(std::chrono::milliseconds(hello.timeout_ms()));
   applier_->Attach(link, hello.node_id());
   co_return Status::Ok();
 }

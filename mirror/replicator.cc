@@ -38,8 +38,20 @@ void Replicator::Start() {
   asio::co_spawn(io_, DialLoop(), asio::detached);
 }
 
+void Replicator::BeginShutdown() {
+  shutting_down_ = true;
+  // Under `block`, held operations would wait forever for a peer that may never come back.
+  // They fail instead of being acknowledged: the operator chose to stop without the peer.
+  auto held = std::move(held_);
+  held_.clear();
+  for (Pending& op : held) {
+    asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kAborted); });
+  }
+}
+
 void Replicator::Stop() {
   stopping_ = true;
+  shutting_down_ = true;
   if (resync_) {
     resync_->Cancel();
   }
@@ -143,6 +155,7 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   hello.set_volume_uuid(md.volume_uuid);
   hello.set_size_bytes(md.size_bytes);
   hello.set_disk(pb::DISK_UP_TO_DATE);
+  hello.set_timeout_ms(static_cast<uint32_t>(options_.timing.timeout.count()));
   if (Status st = co_await link->SendMessage(FrameType::kHello, hello); !st.ok()) {
     co_return st;
   }
@@ -176,18 +189,19 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   if (stopping_) {
     co_return Status::Error(ESHUTDOWN, "shutting down");
   }
+  link->AdaptToPeerTimeout(std::chrono::milliseconds(peer_hello.timeout_ms()));
   link_ = std::move(link);
   link_closed_ = std::make_unique<base::AsyncEvent>(io_.get_executor());
   connection_ = ConnectionState::kConnected;
   link_->StartStreaming(this);
   spdlog::info("peer {} connected from {}: {}", options_.peer_node_id, link_->remote(),
                full_resync ? "full resync" : "in sync");
+  ReleaseHeld();
   if (full_resync) {
     MarkPeerDisk(DiskState::kInconsistent);
     StartResync();
   } else {
     MarkPeerDisk(DiskState::kUpToDate);
-    ReleaseHeld();
   }
   co_return Status::Ok();
 }
@@ -262,47 +276,47 @@ void Replicator::OnResyncFinished(bool complete) {
         if (outcome == PeerOutcome::kConfirmed) {
           spdlog::info("resync to {} complete; peer is UpToDate", options_.peer_node_id);
           MarkPeerDisk(DiskState::kUpToDate);
-          ReleaseHeld();
         }
       },
       /*resync=*/true);
 }
 
-void Replicator::SendOrHold(const std::function<void(uint64_t)>& send, PeerDone done,
-                            bool resync) {
+void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync) {
   if (Streaming()) {
     const uint64_t seq = NextSeq();
-    pending_.emplace(seq, Pending{std::move(done), resync});
     send(seq);
+    pending_.emplace(seq, Pending{std::move(send), std::move(done), resync});
     return;
   }
   if (resync) {
     asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
     return;
   }
-  CompleteUnreplicated(std::move(done));
+  CompleteUnreplicated(Pending{std::move(send), std::move(done), false});
 }
 
-void Replicator::CompleteUnreplicated(PeerDone done) {
-  // The write was not mirrored: the peer's copy is out of date, and that must be on disk
-  // before the write is acknowledged.
+void Replicator::CompleteUnreplicated(Pending op) {
+  // The operation was not mirrored: the peer's copy is out of date, and that must be on disk
+  // before the operation is acknowledged.
   if (peer_disk_ == DiskState::kUpToDate) {
     MarkPeerDisk(DiskState::kOutdated);
   }
   if (options_.on_peer_loss == PeerLossPolicy::kBlock) {
-    held_.push_back(std::move(done));
+    if (shutting_down_) {
+      asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kAborted); });
+      return;
+    }
+    held_.push_back(std::move(op));
     return;
   }
-  asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
+  asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kDegraded); });
 }
 
 void Replicator::ReleaseHeld() {
   auto held = std::move(held_);
   held_.clear();
-  for (auto& done : held) {
-    // The resync that brought the peer UpToDate copied these writes' ranges after they had
-    // completed locally (range locks order them), so the peer has them.
-    asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kConfirmed); });
+  for (Pending& op : held) {
+    SendOrHold(std::move(op.send), std::move(op.done), /*resync=*/false);
   }
 }
 
@@ -394,7 +408,7 @@ void Replicator::OnClosed(const Status& why) {
     if (op.resync) {
       op.done(PeerOutcome::kDegraded);
     } else {
-      CompleteUnreplicated(std::move(op.done));
+      CompleteUnreplicated(std::move(op));
     }
   }
   if (link_closed_) {

@@ -12,7 +12,9 @@
 //     is acknowledged without it;
 //   - `degrade` (default): writes in flight to the peer and all later writes complete with
 //     kDegraded; the volume keeps serving;
-//   - `block`: they are held until the standby is back and has been resynchronised.
+//   - `block`: they are held; when the standby is back they are sent again, and answered
+//     when it acknowledges them. (They keep their range locks meanwhile, so the resync that
+//     follows copies their ranges only after them.)
 // A returning standby whose copy is not known to be UpToDate gets a full resync (the
 // write-intent bitmap that narrows this to dirty regions comes later).
 //
@@ -61,6 +63,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
 
   void SetVolume(Volume* volume) { volume_ = volume; }
   void Start();
+  // The daemon is draining: operations that `block` holds fail (kAborted) rather than wait.
+  void BeginShutdown();
   // Stops dialing and closes the link. In-flight operations complete (kDegraded).
   void Stop();
 
@@ -86,7 +90,11 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   bool PeerInSync() const;
 
  private:
+  using SendFn = std::function<void(uint64_t seq)>;
+  // An operation sent to the peer, or held for it (block policy). `send` can send it again:
+  // its payload is borrowed from the client's request, which waits for this very operation.
   struct Pending {
+    SendFn send;
     PeerDone done;
     bool resync = false;
   };
@@ -96,8 +104,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   base::Status CheckPeerHello(const google::protobuf::MessageLite& hello) const;
   uint64_t NextSeq() { return next_seq_++; }
   bool Streaming() const { return link_ != nullptr && connection_ == ConnectionState::kConnected; }
-  void SendOrHold(const std::function<void(uint64_t seq)>& send, PeerDone done, bool resync);
-  void CompleteUnreplicated(PeerDone done);
+  void SendOrHold(SendFn send, PeerDone done, bool resync);
+  void CompleteUnreplicated(Pending op);
   void MarkPeerDisk(DiskState state);
   void StartResync();
   void OnResyncFinished(bool complete);
@@ -112,12 +120,13 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   ConnectionState connection_ = ConnectionState::kStandalone;
   DiskState peer_disk_ = DiskState::kInconsistent;
   std::unordered_map<uint64_t, Pending> pending_;
-  std::vector<PeerDone> held_;  // Block policy: waiting for the peer to be UpToDate again.
+  std::vector<Pending> held_;  // Block policy: waiting for the peer to come back.
   uint64_t next_seq_ = 1;
   std::shared_ptr<FullResync> resync_;
   ResyncProgress resync_progress_;
   std::unique_ptr<base::AsyncEvent> link_closed_;
   bool stopping_ = false;
+  bool shutting_down_ = false;
   std::string last_error_;
 };
 

@@ -14,6 +14,7 @@ struct Volume::PendingWrite {
   bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
   bool peer_degraded = false;
+  bool peer_aborted = false;
   Status local_status;
   nbd::DoneCallback done;
 };
@@ -132,6 +133,7 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write, const StoreCall&
   peer([this, write](PeerOutcome outcome) {
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
+    write->peer_aborted = outcome == PeerOutcome::kAborted;
     MaybeFinish(write);
   });
 }
@@ -166,6 +168,10 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   stats_.bytes_in_flight -= write->length_bytes;
   stats_.degraded_writes += write->peer_degraded ? 1 : 0;
   auto done = std::move(write->done);
+  if (write->peer_aborted && write->local_status.ok()) {
+    done(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
+    return;
+  }
   done(std::move(write->local_status));
 }
 
@@ -178,6 +184,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
   struct FlushState {
     bool local_done = false;
     bool peer_done = false;
+    bool peer_aborted = false;
     Status local_status;
     nbd::DoneCallback done;
   };
@@ -186,6 +193,10 @@ Status Volume::Flush(nbd::DoneCallback done) {
   auto finish = [state] {
     if (state->local_done && state->peer_done) {
       auto cb = std::move(state->done);
+      if (state->peer_aborted && state->local_status.ok()) {
+        cb(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
+        return;
+      }
       cb(std::move(state->local_status));
     }
   };
@@ -194,8 +205,9 @@ Status Volume::Flush(nbd::DoneCallback done) {
     state->local_done = true;
     finish();
   });
-  peer_->ReplicateFlush([state, finish](PeerOutcome) {
+  peer_->ReplicateFlush([state, finish](PeerOutcome outcome) {
     state->peer_done = true;
+    state->peer_aborted = outcome == PeerOutcome::kAborted;
     finish();
   });
   return Status::Ok();

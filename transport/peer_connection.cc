@@ -201,6 +201,16 @@ asio::awaitable<Status> PeerConnection::Authenticate(const std::string& secret, 
   co_return Status::Ok();
 }
 
+void PeerConnection::AdaptToPeerTimeout(std::chrono::milliseconds peer_timeout) {
+  if (peer_timeout.count() <= 0) {
+    return;
+  }
+  const auto strictest = std::min(timing_.timeout, peer_timeout);
+  timing_.heartbeat_interval =
+      std::min(timing_.heartbeat_interval,
+               std::max(std::chrono::milliseconds(20), strictest / 4));
+}
+
 void PeerConnection::StartStreaming(FrameHandler* handler) {
   handler_ = handler;
   last_received_ = std::chrono::steady_clock::now();

@@ -74,6 +74,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   // Reads one frame of the given type and parses it into `out`.
   asio::awaitable<base::Status> Expect(FrameType type, google::protobuf::MessageLite& out);
 
+  // Heartbeats must come often enough for the stricter of the two sides' timeouts. Call
+  // before StartStreaming with the timeout the peer announced in its Hello.
+  void AdaptToPeerTimeout(std::chrono::milliseconds peer_timeout);
+
   // Streaming phase. `handler` is borrowed until OnClosed has run.
   void StartStreaming(FrameHandler* handler);
   // Queues a frame. `payload` is borrowed until the frame is sent or the link closes.
@@ -101,7 +105,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 
   std::unique_ptr<PeerStream> stream_;
   base::BufferPool& pool_;
-  const LinkTiming timing_;
+  LinkTiming timing_;
   FrameHandler* handler_ = nullptr;
   std::deque<Outgoing> outgoing_;
   base::AsyncEvent writer_wakeup_;

@@ -42,8 +42,15 @@ NM_DAEMON_LOGS=()    # Every daemon log, for the failure report.
 NM_MOUNTS=()         # Filesystems mounted with nm_mount.
 NM_LOOPS=()          # Loop devices attached with nm_losetup.
 NM_FUSE_MOUNTS=()    # FUSE mount points made with nm_start_nbdfuse.
+NM_CLEANUP_HOOKS=()  # Commands the cleanup runs first (e.g. stopping PostgreSQL on a mount).
+NM_EXIT_HOOKS=()     # Commands the cleanup runs last, after stopping processes (a netns).
 NM_LOGS_SHOWN=0
 NM_DAEMON_SEQ=0
+# Set these around a start helper: NM_DAEMON_LABEL names its log (LABEL.N.log, default
+# "daemon"); NM_EXEC_PREFIX runs the daemon through a command that execs it in place, so the PID
+# is still the daemon's (e.g. `ip netns exec NAME`).
+NM_DAEMON_LABEL=daemon
+NM_EXEC_PREFIX=()
 
 nm_log() {
   printf '[%s %s] %s\n' "$NM_TEST_NAME" "$(date +%H:%M:%S.%3N)" "$*" >&2
@@ -128,6 +135,8 @@ nm_kill_pid() {
   local pid=$1 i
   if nm_alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
+    # A test may have stopped it (SIGSTOP) and failed before resuming it.
+    kill -CONT "$pid" 2>/dev/null || true
     for ((i = 0; i < 200; i++)); do
       nm_alive "$pid" || break
       sleep 0.05
@@ -140,6 +149,18 @@ nm_kill_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# nm_add_exit_hook CMD: like nm_add_cleanup_hook, but the cleanup runs CMD last, once every
+# process the test started has been stopped: for what those processes used that is not a file or
+# a mount (a network namespace, a veth pair).
+nm_add_exit_hook() { NM_EXIT_HOOKS+=("$*"); }
+
+# nm_next_daemon_log: registers the next daemon log (shown on failure); sets NM_LOG.
+nm_next_daemon_log() {
+  NM_DAEMON_SEQ=$((NM_DAEMON_SEQ + 1))
+  NM_LOG="${NM_TMP}/${NM_DAEMON_LABEL}.${NM_DAEMON_SEQ}.log"
+  NM_DAEMON_LOGS+=("$NM_LOG")
+}
+
 # nm_uri SOCKET: the NBD URI of a Unix socket.
 nm_uri() { echo "nbd+unix:///?socket=$1"; }
 
@@ -149,6 +170,16 @@ nm_free_port() {
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
+}
+
+# nm_free_ports N: N distinct TCP ports on 127.0.0.1 that the kernel just reported free, on one
+# line (all held open together while asking, so no two are the same).
+nm_free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 # nm_make_volume PATH SIZE: a fresh sparse file (SIZE as truncate takes it, e.g. 256M).
@@ -174,11 +205,11 @@ nm_start_primary() {
     nbd=$endpoint
     uri="nbd://${endpoint}"
   fi
-  NM_DAEMON_SEQ=$((NM_DAEMON_SEQ + 1))
-  local log="${NM_TMP}/daemon.${NM_DAEMON_SEQ}.log"
-  NM_DAEMON_LOGS+=("$log")
-  "$NM_BIN" --log-level "$NM_LOG_LEVEL" run --volume "$volume" --primary --nbd "$nbd" "$@" \
-    </dev/null >"$log" 2>&1 &
+  local log
+  nm_next_daemon_log
+  log=$NM_LOG
+  "${NM_EXEC_PREFIX[@]}" "$NM_BIN" --log-level "$NM_LOG_LEVEL" run --volume "$volume" --primary \
+    --nbd "$nbd" "$@" </dev/null >"$log" 2>&1 &
   local pid=$!
   nm_track_pid "$pid"
   nm_log "started nbdmirror pid ${pid} on ${nbd} (log $(basename "$log"))"
@@ -308,6 +339,127 @@ nm_fuse_unmount() {
   NM_FUSE_MOUNTS=("${keep[@]}")
 }
 
+# nm_add_cleanup_hook CMD: the cleanup runs CMD (a function name or simple command, split on
+# spaces) before it unmounts anything; hooks run in reverse order of registration. A hook must
+# be bounded in time and must not fail the test (the cleanup runs with `set +e`).
+nm_add_cleanup_hook() { NM_CLEANUP_HOOKS+=("$*"); }
+
+# nm_umount_lazy DIR: detaches a filesystem mounted with nm_mount even while it is busy or its
+# device has died (umount -l), bounded in time.
+nm_umount_lazy() {
+  timeout 30 umount -l "$1" || return 1
+  local keep=() m
+  for m in "${NM_MOUNTS[@]}"; do
+    [[ $m == "$1" ]] || keep+=("$m")
+  done
+  NM_MOUNTS=("${keep[@]}")
+}
+
+# ---- Mirroring: a secondary and a primary daemon on loopback. ----
+
+# nm_make_secret FILE: a fresh random shared secret for --secret-file, mode 0600.
+nm_make_secret() {
+  (umask 077 && head -c 32 /dev/urandom | base64 >"$1")
+  chmod 600 "$1"
+}
+
+# nm_status_answers VOLUME: true while the daemon serving VOLUME answers `nbdmirror status`.
+nm_status_answers() { "$NM_BIN" status --volume "$1" --json >/dev/null 2>&1; }
+
+# nm_status_json VOLUME: the whole status JSON (empty when the daemon does not answer).
+nm_status_json() { "$NM_BIN" status --volume "$1" --json 2>/dev/null || true; }
+
+# nm_status_field VOLUME KEY: one value of `nbdmirror status --volume VOLUME --json` (empty when
+# the daemon does not answer or has no such key). jq when there is one: polling loops call this
+# often, and a python3 behind a version-manager shim can take seconds to start on a busy machine.
+nm_status_field() {
+  if command -v jq >/dev/null 2>&1; then
+    "$NM_BIN" status --volume "$1" --json 2>/dev/null |
+      jq -r --arg k "$2" '.[$k] // empty | tostring' 2>/dev/null || true
+    return 0
+  fi
+  "$NM_BIN" status --volume "$1" --json 2>/dev/null |
+    python3 -c 'import json, sys
+print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2" 2>/dev/null || true
+}
+
+# nm_peer_up_to_date VOLUME: true once the daemon serving VOLUME reports its peer's disk UpToDate.
+nm_peer_up_to_date() { [[ $(nm_status_field "$1" peer_disk) == UpToDate ]]; }
+
+# nm_start_secondary VOLUME [EXTRA RUN ARGS...]: starts a secondary daemon (no NBD export; give
+# it --listen, --peer, --secret-file, ...) in the background, logging to the temp dir, and
+# returns once its control socket answers `nbdmirror status`. Sets NM_PID and NM_LOG. Honours
+# NM_DAEMON_LABEL and NM_EXEC_PREFIX.
+nm_start_secondary() {
+  local volume=$1
+  shift
+  local log
+  nm_next_daemon_log
+  log=$NM_LOG
+  "${NM_EXEC_PREFIX[@]}" "$NM_BIN" --log-level "$NM_LOG_LEVEL" run --volume "$volume" "$@" \
+    </dev/null >"$log" 2>&1 &
+  local pid=$!
+  nm_track_pid "$pid"
+  nm_log "started secondary nbdmirror pid ${pid} (log $(basename "$log"))"
+  local deadline=$(($(nm_now_ms) + NM_START_TIMEOUT * 1000))
+  until nm_status_answers "$volume"; do
+    if nm_dead "$pid"; then
+      local rc=0
+      wait "$pid" || rc=$?
+      nm_untrack_pid "$pid"
+      nm_fail "secondary nbdmirror exited with status ${rc} during start-up"
+    fi
+    (($(nm_now_ms) < deadline)) ||
+      nm_fail "secondary nbdmirror did not answer status within ${NM_START_TIMEOUT}s"
+    sleep 0.05
+  done
+  NM_PID=$pid
+  NM_LOG=$log
+}
+
+# nm_status_is VOLUME KEY VALUE / nm_status_is_not VOLUME KEY VALUE / nm_status_ge VOLUME KEY N:
+# conditions on the status JSON for nm_wait_for and assertions. A daemon that does not answer
+# fails all three (unless VALUE is empty for nm_status_is).
+nm_status_is() { [[ $(nm_status_field "$1" "$2") == "$3" ]]; }
+nm_status_is_not() {
+  local v
+  v=$(nm_status_field "$1" "$2")
+  [[ -n $v && $v != "$3" ]]
+}
+nm_status_ge() {
+  local v
+  v=$(nm_status_field "$1" "$2")
+  [[ $v =~ ^[0-9]+$ ]] && ((v >= $3))
+}
+
+# nm_wait_status TIMEOUT_S VOLUME KEY VALUE: polls the daemon's status until KEY is VALUE.
+nm_wait_status() {
+  nm_wait_for "$1" "$(basename "$2"): $3 = $4" nm_status_is "$2" "$3" "$4"
+}
+
+# nm_stop_clean PID WHAT [TIMEOUT_S]: SIGTERM; fails the test unless it exits 0 in time.
+nm_stop_clean() {
+  local rc=0
+  nm_stop "$1" "${3:-$NM_STOP_TIMEOUT}" || rc=$?
+  ((rc == 0)) || nm_fail "$2 (pid $1) exited with status ${rc} after SIGTERM, expected 0"
+}
+
+# nm_sha256 FILE: the file's SHA-256.
+nm_sha256() { sha256sum "$1" | cut -d' ' -f1; }
+
+# nm_python_with MODULE: sets NM_PYTHON to a python3 that can import MODULE (the system's first,
+# which has Debian's python3-* packages, then the one on PATH); skips the test otherwise.
+nm_python_with() {
+  local py
+  for py in /usr/bin/python3 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c "import $1" >/dev/null 2>&1; then
+      NM_PYTHON=$(command -v "$py")
+      return 0
+    fi
+  done
+  nm_skip "no python3 here can import $1"
+}
+
 nm_cleanup() {
   local rc=$?
   trap - EXIT
@@ -317,6 +469,10 @@ nm_cleanup() {
     nm_show_logs
   fi
   local i
+  # A test's own hooks go first: they stop what uses the mounts (a database server, say).
+  for ((i = ${#NM_CLEANUP_HOOKS[@]} - 1; i >= 0; i--)); do
+    ${NM_CLEANUP_HOOKS[i]}
+  done
   # Innermost first: the filesystem, its loop device, the FUSE file under it, then processes.
   for ((i = ${#NM_MOUNTS[@]} - 1; i >= 0; i--)); do
     timeout 30 umount "${NM_MOUNTS[i]}" 2>/dev/null || umount -l "${NM_MOUNTS[i]}" 2>/dev/null
@@ -332,6 +488,9 @@ nm_cleanup() {
   done
   for ((i = ${#NM_PIDS[@]} - 1; i >= 0; i--)); do
     nm_kill_pid "${NM_PIDS[i]}"
+  done
+  for ((i = ${#NM_EXIT_HOOKS[@]} - 1; i >= 0; i--)); do
+    ${NM_EXIT_HOOKS[i]}
   done
   if [[ -n ${NM_KEEP_TMP:-} ]]; then
     echo "${NM_TEST_NAME}: keeping ${NM_TMP}" >&2
