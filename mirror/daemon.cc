@@ -307,7 +307,11 @@ void StopPrimary(Node& node) {
       if (node.listener) {
         node.listener->Stop();
       }
-      spdlog::info("drained and synced; exiting");
+      if (node.exit_status.ok()) {
+        spdlog::info("drained and synced; exiting");
+      } else {
+        spdlog::error("drained, but {}; exiting", node.exit_status.ToString());
+      }
       node.io.stop();
     });
     if (!flushed.ok()) {
@@ -327,7 +331,9 @@ void StopSecondary(Node& node) {
           if (!st.ok()) {
             node.exit_status = Status::Error(EIO, "final datasync failed: " + st.ToString());
           }
-          spdlog::info("applied writes drained and synced; exiting");
+          if (st.ok()) {
+            spdlog::info("applied writes drained and synced; exiting");
+          }
           node.io.stop();
         });
       },
@@ -408,10 +414,12 @@ Status RunDaemon(const DaemonOptions& options) {
         spdlog::warn("signal {} again: still draining", signo);
       } else {
         node.stopping = true;
-        spdlog::info("signal {}: draining", signo);
         if (options.primary) {
+          spdlog::info("signal {}: draining {} connection(s)", signo,
+                       node.nbd->connection_count());
           StopPrimary(node);
         } else {
+          spdlog::info("signal {}: draining", signo);
           StopSecondary(node);
         }
       }
