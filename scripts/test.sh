@@ -4,7 +4,7 @@
 #   2. release build (RelWithDebInfo, CHECKs on): unit, integration and e2e tests
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build: unit tests and the protocol torture
 #      and client interop tests, so bad input is checked for memory errors too
-#   4. clang libFuzzer build: each fuzzer for NBDMIRROR_FUZZ_SECONDS (default 60)
+#   4. clang libFuzzer build: each fuzzer for NBDMIRROR_FUZZ_SECONDS (default 45)
 # Ends with one line "N passed, N failed, N skipped". Exit status is non-zero if anything failed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,8 +41,9 @@ run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|fa
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 echo "=== fuzzers (clang libFuzzer)"
-CXX=clang++ "$root/scripts/build.sh" "$root/build-fuzz" -DNBDMIRROR_BUILD_TESTS=OFF \
-  -DNBDMIRROR_BUILD_FUZZERS=ON -DNBDMIRROR_FUZZ_SECONDS="${NBDMIRROR_FUZZ_SECONDS:-60}"
+CXX=clang++ cmake -S "$root" -B "$root/build-fuzz" -G Ninja -DNBDMIRROR_BUILD_TESTS=OFF \
+  -DNBDMIRROR_BUILD_FUZZERS=ON -DNBDMIRROR_FUZZ_SECONDS="${NBDMIRROR_FUZZ_SECONDS:-45}" >/dev/null
+ninja -C "$root/build-fuzz" fuzz_handshake fuzz_requests
 run_ctest fuzz build-fuzz -L fuzz -j 2
 
 python3 - "$results" <<'PY'
