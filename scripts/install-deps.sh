@@ -18,7 +18,7 @@ packages=(
   # real NBD clients and baselines
   libnbd-bin libnbd-dev nbdkit fio qemu-utils fuse3
   # filesystems, mounts, namespaces
-  e2fsprogs util-linux iproute2 procps psmisc
+  e2fsprogs util-linux iproute2 procps psmisc openssl
   # PostgreSQL and the coordinator
   postgresql-15 postgresql-contrib-15 etcd-server etcd-client
   # benchmark output
