@@ -29,12 +29,14 @@ struct Node {
   explicit Node(const DaemonOptions& o) : options(o), io(1) {}
 
   const DaemonOptions& options;
+  // Declared first, destroyed last: handlers still queued in the io_context and operations
+  // still owned by the store may hold its buffers until they are destroyed.
+  std::unique_ptr<base::BufferPool> pool;
   asio::io_context io;
   std::unique_ptr<UringStore> uring;
   std::unique_ptr<FaultInjectingStore> faulty;
   LocalStore* store = nullptr;
   std::unique_ptr<MetadataFile> metadata;
-  std::unique_ptr<base::BufferPool> pool;
   std::shared_ptr<asio::ssl::context> tls;
   std::string secret;
   Mode mode = Mode::kSync;

@@ -169,9 +169,10 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
     // marked Inconsistent, never mistaken for a usable one.
     st = metadata_.Update([&](VolumeMetadata& next) {
       next.volume_uuid = plan.volume_uuid();
-      if (plan.full_resync()) {
-        next.disk = DiskState::kInconsistent;
-      }
+      // Without a resync the primary vouches that the copies are identical: either it knows
+      // this copy is in sync, or the operator said so for two new volumes
+      // (--skip-initial-sync).
+      next.disk = plan.full_resync() ? DiskState::kInconsistent : DiskState::kUpToDate;
     });
   }
   if (st.ok()) {

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstring>
 
 #include "transport/peer.pb.h"
 #include "transport/peer_auth.h"
@@ -25,6 +26,7 @@ std::span<const std::byte> AsBytes(const std::string& s) {
 PeerConnection::PeerConnection(std::unique_ptr<PeerStream> stream, base::BufferPool& pool,
                                LinkTiming timing)
     : stream_(std::move(stream)),
+      read_ahead_(64 * 1024),
       pool_(pool),
       timing_(timing),
       writer_wakeup_(stream_->executor()),
@@ -53,9 +55,33 @@ asio::awaitable<Status> PeerConnection::SendMessage(FrameType type,
   co_return co_await stream_->WriteAll(buffers);
 }
 
+asio::awaitable<Status> PeerConnection::ReadExact(std::span<std::byte> out) {
+  size_t done = 0;
+  while (done < out.size()) {
+    if (read_begin_ == read_end_) {
+      const size_t left = out.size() - done;
+      if (left >= read_ahead_.size() / 4) {
+        // Large payload tails go straight into their buffer, without a copy.
+        co_return co_await stream_->ReadExact(asio::buffer(out.data() + done, left));
+      }
+      auto n = co_await stream_->ReadSome(asio::buffer(read_ahead_));
+      if (!n.ok()) {
+        co_return n.status();
+      }
+      read_begin_ = 0;
+      read_end_ = n.value();
+    }
+    const size_t take = std::min(out.size() - done, read_end_ - read_begin_);
+    std::memcpy(out.data() + done, read_ahead_.data() + read_begin_, take);
+    read_begin_ += take;
+    done += take;
+  }
+  co_return Status::Ok();
+}
+
 asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrameNoDeadline() {
   std::array<std::byte, kFrameHeaderBytes> raw{};
-  if (Status st = co_await stream_->ReadExact(asio::buffer(raw)); !st.ok()) {
+  if (Status st = co_await ReadExact(raw); !st.ok()) {
     co_return st;
   }
   auto header = ParseFrameHeader(raw);
@@ -65,7 +91,7 @@ asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrameNoDeadline() {
   Frame frame;
   frame.type = header.value().type;
   frame.message.resize(header.value().message_bytes);
-  if (Status st = co_await stream_->ReadExact(asio::buffer(frame.message)); !st.ok()) {
+  if (Status st = co_await ReadExact(frame.message); !st.ok()) {
     co_return st;
   }
   if (header.value().payload_bytes > 0) {
@@ -86,9 +112,7 @@ asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrameNoDeadline() {
         co_return Status::Error(ECONNABORTED, "link closed");
       }
     }
-    auto span = frame.payload.span();
-    if (Status st = co_await stream_->ReadExact(asio::buffer(span.data(), span.size()));
-        !st.ok()) {
+    if (Status st = co_await ReadExact(frame.payload.span()); !st.ok()) {
       co_return st;
     }
   }

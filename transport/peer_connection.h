@@ -97,6 +97,9 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   };
 
   asio::awaitable<base::Result<Frame>> ReadFrameNoDeadline();
+  // Reads exactly `out` through a read-ahead buffer, so a burst of small frames (acks, 4 KiB
+  // writes) costs one receive call, not three per frame.
+  asio::awaitable<base::Status> ReadExact(std::span<std::byte> out);
   asio::awaitable<void> ReadLoop();
   asio::awaitable<void> WriteLoop();
   asio::awaitable<void> HeartbeatLoop();
@@ -104,6 +107,9 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
                  std::span<const std::byte> payload) const;
 
   std::unique_ptr<PeerStream> stream_;
+  std::vector<std::byte> read_ahead_;
+  size_t read_begin_ = 0;
+  size_t read_end_ = 0;
   base::BufferPool& pool_;
   LinkTiming timing_;
   FrameHandler* handler_ = nullptr;

@@ -88,6 +88,20 @@ asio::awaitable<Status> PeerStream::ReadExact(asio::mutable_buffer buffer) {
   co_return Status::Ok();
 }
 
+asio::awaitable<base::Result<size_t>> PeerStream::ReadSome(asio::mutable_buffer buffer) {
+  boost::system::error_code ec;
+  size_t n = 0;
+  if (tls_) {
+    n = co_await tls_->async_read_some(buffer, asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    n = co_await plain_->async_read_some(buffer, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  if (ec) {
+    co_return StreamError(ec, "receive");
+  }
+  co_return n;
+}
+
 asio::awaitable<Status> PeerStream::WriteAll(const std::vector<asio::const_buffer>& buffers) {
   boost::system::error_code ec;
   if (tls_) {

@@ -34,6 +34,8 @@ class PeerStream {
   // Runs the TLS handshake (no-op without TLS). `dialer` picks the client side.
   asio::awaitable<base::Status> Handshake(bool dialer);
   asio::awaitable<base::Status> ReadExact(asio::mutable_buffer buffer);
+  // Reads what is available (at least one byte).
+  asio::awaitable<base::Result<size_t>> ReadSome(asio::mutable_buffer buffer);
   asio::awaitable<base::Status> WriteAll(const std::vector<asio::const_buffer>& buffers);
   void Close();
 
