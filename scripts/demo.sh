@@ -87,7 +87,10 @@ pids+=($!)
   --peer "b=127.0.0.1:$port_b" --secret-file "$work/secret" --nbd "unix:$socket" \
   2>"$work/a.log" &
 pids=($! "${pids[@]}")
-wait_for 60 "the initial sync" sh -c "'$bin' status --volume '$work/A.img' --json | grep -q '\"peer_disk\": \"UpToDate\"'"
+in_sync() {  # connected, and the standby's copy UpToDate (not merely remembered as such)
+  "$bin" status --volume "$work/A.img" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["connection"] == "connected" and d["peer_disk"] == "UpToDate" else 1)'
+}
+wait_for 60 "the initial sync" in_sync
 info "primary: $(status "$work/A.img" role connection disk peer_disk mode resync_done_bytes)"
 info "standby: $(status "$work/B.img" role connection disk)"
 
