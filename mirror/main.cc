@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"sync", "flush"}));
   run->add_option("--on-peer-loss", options.on_peer_loss,
                   "degrade: keep serving and mark the peer outdated; block: hold writes until "
-                  "the peer is back and resynced")
+                  "the peer is back and has them (they fail with ESHUTDOWN if the daemon stops first)")
       ->capture_default_str()
       ->check(CLI::IsMember({"degrade", "block"}));
   run->add_option("--peer-timeout-ms", raw.peer_timeout_ms,
