@@ -8,8 +8,6 @@
 // Notify() before Wait() is not remembered; that is safe precisely because of the re-check,
 // and because everything runs on one loop thread.
 
-#include <chrono>
-
 #include "base/asio.h"
 
 namespace base {
@@ -25,13 +23,6 @@ class AsyncEvent {
     co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   }
 
-  // Waits until notified or `timeout` passes; returns true when notified.
-  asio::awaitable<bool> WaitFor(std::chrono::milliseconds timeout) {
-    boost::system::error_code ec;
-    timer_.expires_after(timeout);
-    co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    co_return ec == asio::error::operation_aborted;
-  }
 
   void Notify() { timer_.cancel(); }
 

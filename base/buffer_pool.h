@@ -4,7 +4,7 @@
 // Buffers are 4 KiB-aligned (O_DIRECT needs it) and come in power-of-two size classes. A freed
 // buffer goes back to its class's free list, so a steady workload allocates nothing. The
 // budget bounds the memory held by in-flight requests: when a request cannot get a buffer, the
-// connection stops reading its socket until another buffer comes back (WaitForRelease).
+// connection stops reading its socket until another buffer comes back (NotifyOnRelease).
 //
 // Loop thread only. Buffers must be returned (destroyed) before the pool.
 

@@ -154,24 +154,31 @@ transport::LinkTiming Timing(const DaemonOptions& o) {
   return timing;
 }
 
-std::string StatusJson(const Node& node) {
+// One status fact; rendered as JSON for `status --json` and as a line for people.
+struct StatusField {
+  std::string key;
+  std::string value;
+  bool is_text;
+};
+
+std::vector<StatusField> StatusFields(const Node& node) {
   const auto& md = node.metadata->get();
-  std::ostringstream j;
-  auto field = [&j, first = true](const std::string& key, const std::string& value) mutable {
-    j << (first ? "{" : ", ") << JsonString(key) << ": " << value;
-    first = false;
+  std::vector<StatusField> fields;
+  auto text = [&fields](const std::string& key, const std::string& value) {
+    fields.push_back({key, value, true});
   };
-  auto text = [](const std::string& s) { return JsonString(s); };
-  auto num = [](uint64_t v) { return std::to_string(v); };
-  field("role", text(node.options.primary ? "primary" : "secondary"));
-  field("node_id", text(node.options.node_id));
-  field("peer_node_id", text(node.options.peer_node_id));
-  field("volume", text(node.options.volume_path));
-  field("volume_uuid", text(md.volume_uuid));
-  field("size_bytes", num(md.size_bytes));
+  auto num = [&fields](const std::string& key, uint64_t value) {
+    fields.push_back({key, std::to_string(value), false});
+  };
+  text("role", node.options.primary ? "primary" : "secondary");
+  text("node_id", node.options.node_id);
+  text("peer_node_id", node.options.peer_node_id);
+  text("volume", node.options.volume_path);
+  text("volume_uuid", md.volume_uuid);
+  num("size_bytes", md.size_bytes);
   const bool disk_failed = (node.volume && node.volume->disk_failed()) ||
                            (node.applier && node.applier->disk_failed());
-  field("disk", text(disk_failed ? "Failed" : DiskStateName(md.disk)));
+  text("disk", disk_failed ? "Failed" : DiskStateName(md.disk));
   std::string connection = "standalone";
   std::string peer_disk = "Unknown";
   uint64_t out_of_sync = 0, resync_done = 0, resync_total = 0;
@@ -185,9 +192,9 @@ std::string StatusJson(const Node& node) {
     if (r.peer_disk() != DiskState::kUpToDate) {
       out_of_sync = p.running ? p.total_bytes - p.done_bytes : md.size_bytes;
     }
-    field("peer_ops_in_flight", num(r.pending_count()));
-    field("held_writes", num(r.held_count()));
-    field("last_peer_error", text(r.last_error()));
+    num("peer_ops_in_flight", r.pending_count());
+    num("held_writes", r.held_count());
+    text("last_peer_error", r.last_error());
   } else if (node.applier) {
     connection = node.applier->attached() ? "connected" : "connecting";
     peer_disk = node.applier->attached() ? "UpToDate" : "Unknown";
@@ -196,49 +203,43 @@ std::string StatusJson(const Node& node) {
       resync_total = md.size_bytes;
       out_of_sync = md.size_bytes > resync_done ? md.size_bytes - resync_done : 0;
     }
-    field("applied_writes", num(node.applier->stats().writes));
-    field("applied_bytes", num(node.applier->stats().written_bytes));
-    field("ops_in_flight", num(node.applier->stats().ops_in_flight));
+    num("applied_writes", node.applier->stats().writes);
+    num("applied_bytes", node.applier->stats().written_bytes);
+    num("ops_in_flight", node.applier->stats().ops_in_flight);
   }
-  field("connection", text(connection));
-  field("peer_disk", text(peer_disk));
-  field("out_of_sync_bytes", num(out_of_sync));
-  field("resync_done_bytes", num(resync_done));
-  field("resync_total_bytes", num(resync_total));
+  text("connection", connection);
+  text("peer_disk", peer_disk);
+  num("out_of_sync_bytes", out_of_sync);
+  num("resync_done_bytes", resync_done);
+  num("resync_total_bytes", resync_total);
   if (node.volume) {
     const VolumeStats& s = node.volume->stats();
-    field("mode", text(node.mode == Mode::kSync ? "sync" : "flush"));
-    field("writes_in_flight", num(s.writes_in_flight));
-    field("bytes_in_flight", num(s.bytes_in_flight));
-    field("reads", num(s.reads));
-    field("writes", num(s.writes));
-    field("flushes", num(s.flushes));
-    field("degraded_writes", num(s.degraded_writes));
-    field("errors", num(s.errors));
-    field("datasyncs", num(node.volume->group_commit().datasync_count()));
+    text("mode", node.mode == Mode::kSync ? "sync" : "flush");
+    num("writes_in_flight", s.writes_in_flight);
+    num("bytes_in_flight", s.bytes_in_flight);
+    num("reads", s.reads);
+    num("writes", s.writes);
+    num("flushes", s.flushes);
+    num("degraded_writes", s.degraded_writes);
+    num("errors", s.errors);
+    num("datasyncs", node.volume->group_commit().datasync_count());
   }
-  j << "}";
-  return j.str();
+  return fields;
+}
+
+std::string StatusJson(const Node& node) {
+  std::string out = "{";
+  for (const StatusField& f : StatusFields(node)) {
+    out += (out.size() > 1 ? ", " : "") + JsonString(f.key) + ": " +
+           (f.is_text ? JsonString(f.value) : f.value);
+  }
+  return out + "}";
 }
 
 std::string StatusText(const Node& node) {
-  // The same facts as the JSON, one per line, for people.
-  std::string json = StatusJson(node);
   std::string out;
-  for (size_t i = 1; i + 1 < json.size();) {
-    const size_t end = json.find(", \"", i);
-    std::string item = json.substr(i, end == std::string::npos ? json.size() - 1 - i : end - i);
-    const size_t colon = item.find("\": ");
-    std::string key = item.substr(1, colon - 1);
-    std::string value = item.substr(colon + 3);
-    if (value.size() >= 2 && value.front() == '"') {
-      value = value.substr(1, value.size() - 2);
-    }
-    out += key + ": " + value + "\n";
-    if (end == std::string::npos) {
-      break;
-    }
-    i = end + 2;
+  for (const StatusField& f : StatusFields(node)) {
+    out += f.key + ": " + f.value + "\n";
   }
   return out;
 }

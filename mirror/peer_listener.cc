@@ -12,8 +12,6 @@ namespace pb = nbdmirror::peer;
 
 namespace {
 
-constexpr uint32_t kProtocolVersion = 1;
-
 pb::DiskState ToWire(DiskState state) {
   switch (state) {
     case DiskState::kUpToDate:
@@ -116,7 +114,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
     (void)co_await link->SendMessage(FrameType::kRefuse, message);
     co_return Status::Error(error, why);
   };
-  if (hello.protocol_version() != kProtocolVersion) {
+  if (hello.protocol_version() != transport::kPeerProtocolVersion) {
     co_return co_await refuse(EPROTO, "unsupported protocol version " +
                                           std::to_string(hello.protocol_version()));
   }
@@ -149,7 +147,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
   }
   handshaking_ = true;
   pb::Hello ours;
-  ours.set_protocol_version(kProtocolVersion);
+  ours.set_protocol_version(transport::kPeerProtocolVersion);
   ours.set_node_id(options_.node_id);
   ours.set_role(pb::ROLE_SECONDARY);
   ours.set_volume_uuid(md.volume_uuid);

@@ -10,8 +10,6 @@ using base::Status;
 using transport::FrameType;
 namespace pb = nbdmirror::peer;
 
-inline constexpr uint32_t kProtocolVersion = 1;
-
 const char* ConnectionStateName(ConnectionState state) {
   switch (state) {
     case ConnectionState::kStandalone:
@@ -95,7 +93,7 @@ asio::awaitable<void> Replicator::DialLoop() {
 Status Replicator::CheckPeerHello(const google::protobuf::MessageLite& message) const {
   const auto& hello = static_cast<const pb::Hello&>(message);
   const auto& md = metadata_.get();
-  if (hello.protocol_version() != kProtocolVersion) {
+  if (hello.protocol_version() != transport::kPeerProtocolVersion) {
     return Status::Error(EPROTO, "peer speaks protocol " +
                                      std::to_string(hello.protocol_version()));
   }
@@ -149,7 +147,7 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   }
   const auto& md = metadata_.get();
   pb::Hello hello;
-  hello.set_protocol_version(kProtocolVersion);
+  hello.set_protocol_version(transport::kPeerProtocolVersion);
   hello.set_node_id(options_.node_id);
   hello.set_role(pb::ROLE_PRIMARY);
   hello.set_volume_uuid(md.volume_uuid);

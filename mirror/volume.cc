@@ -17,6 +17,8 @@ struct Volume::PendingWrite {
   bool peer_aborted = false;
   Status local_status;
   nbd::DoneCallback done;
+  StoreCall store;  // Starts the local operation.
+  PeerCall peer;    // Starts the replication; unused without a peer.
 };
 
 Volume::Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode)
@@ -105,23 +107,24 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   write->length_bytes = length_bytes;
   write->durable = fua || mode_ == Mode::kSync;
   write->done = std::move(done);
+  write->store = std::move(store);
+  write->peer = std::move(peer);
   ++stats_.writes_in_flight;
   stats_.bytes_in_flight += length_bytes;
-  // The grant may run later, from another write's completion: it owns copies of everything.
-  const bool granted = ranges_.Acquire(
-      offset_bytes, length_bytes,
-      [this, write, store, peer] { FanOut(write, store, peer); }, write->ticket);
+  // The grant may run later, from another write's completion; the write owns what it needs.
+  const bool granted =
+      ranges_.Acquire(offset_bytes, length_bytes, [this, write] { FanOut(write); }, write->ticket);
   if (!granted) {
     ++stats_.range_waits;
     return Status::Ok();
   }
-  FanOut(write, store, peer);
+  FanOut(write);
   return Status::Ok();
 }
 
-void Volume::FanOut(const std::shared_ptr<PendingWrite>& write, const StoreCall& store,
-                    const PeerCall& peer) {
-  Status st = store([this, write](Status result) { OnLocalWritten(write, std::move(result)); });
+void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
+  Status st =
+      write->store([this, write](Status result) { OnLocalWritten(write, std::move(result)); });
   if (!st.ok()) {
     // The submit call already returned OK to the connection: report through the callback.
     asio::post(io_, [this, write, st] { OnLocalWritten(write, st); });
@@ -130,7 +133,7 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write, const StoreCall&
     write->peer_done = true;
     return;
   }
-  peer([this, write](PeerOutcome outcome) {
+  write->peer([this, write](PeerOutcome outcome) {
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
     write->peer_aborted = outcome == PeerOutcome::kAborted;

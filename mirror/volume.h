@@ -102,8 +102,7 @@ class Volume final : public nbd::BlockDevice {
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
                       PeerCall peer, nbd::DoneCallback done);
-  void FanOut(const std::shared_ptr<PendingWrite>& write, const StoreCall& store,
-              const PeerCall& peer);
+  void FanOut(const std::shared_ptr<PendingWrite>& write);
   void OnLocalWritten(const std::shared_ptr<PendingWrite>& write, base::Status status);
   void MaybeFinish(const std::shared_ptr<PendingWrite>& write);
   base::Status CheckRange(uint64_t offset_bytes, uint64_t length_bytes, int past_end_errno) const;

@@ -356,19 +356,17 @@ void NbdConnection::OnDone(size_t slot, const Status& status) {
                     r.offset_bytes, r.length_bytes, status.ToString());
     }
   }
-  const uint32_t error = ToNbdError(status);
-  if (r.type == static_cast<uint16_t>(Command::kRead) &&
-      negotiator_.negotiated().structured_replies) {
-    if (error == 0) {
-      ReplyReadChunk(slot);
-    } else {
-      ReplyErrorChunk(slot, error, status.message());
-    }
+  if (!status.ok()) {
+    ReplyError(slot, ToNbdError(status), status.message());
     return;
   }
-  const bool with_data = error == 0 && r.type == static_cast<uint16_t>(Command::kRead);
-  ReplySimple(slot, error, with_data ? std::span<const std::byte>(slots_[slot].buffer.span())
-                                     : std::span<const std::byte>());
+  if (r.type != static_cast<uint16_t>(Command::kRead)) {
+    ReplySimple(slot, 0);
+  } else if (negotiator_.negotiated().structured_replies) {
+    ReplyReadChunk(slot);
+  } else {
+    ReplySimple(slot, 0, slots_[slot].buffer.span());
+  }
 }
 
 void NbdConnection::OnExtents(size_t slot, base::Result<std::vector<Extent>> result) {

@@ -37,6 +37,8 @@ enum class FrameType : uint16_t {
   kHeartbeat = 20,
 };
 
+// Hello.protocol_version; both ends refuse any other.
+inline constexpr uint32_t kPeerProtocolVersion = 1;
 inline constexpr uint32_t kFrameMagic = 0x4e424d52;
 inline constexpr size_t kFrameHeaderBytes = 20;
 inline constexpr uint32_t kMaxMessageBytes = 64 * 1024;
