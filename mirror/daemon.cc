@@ -14,6 +14,7 @@
 #include "mirror/replicator.h"
 #include "mirror/uring_store.h"
 #include "mirror/volume.h"
+#include "mirror/write_intent_log.h"
 #include "nbd-server/nbd_server.h"
 #include "transport/peer_auth.h"
 #include "transport/peer_stream.h"
@@ -37,6 +38,8 @@ struct Node {
   std::unique_ptr<FaultInjectingStore> faulty;
   LocalStore* store = nullptr;
   std::unique_ptr<MetadataFile> metadata;
+  std::unique_ptr<UringStore> metadata_store;  // The metadata file, for bitmap pages.
+  std::unique_ptr<WriteIntentLog> intent_log;
   std::shared_ptr<asio::ssl::context> tls;
   std::string secret;
   Mode mode = Mode::kSync;
@@ -77,19 +80,22 @@ Status OpenStore(Node& node) {
   return Status::Ok();
 }
 
+std::string MetadataPathOf(const DaemonOptions& o) {
+  return o.metadata_path.empty() ? DefaultMetadataPath(o.volume_path) : o.metadata_path;
+}
+
 // Loads or creates the metadata and checks it fits this volume and role. Returns whether the
 // peer is known to be in sync (recorded at the last clean shutdown).
 base::Result<bool> OpenMetadata(Node& node) {
   const DaemonOptions& o = node.options;
-  const std::string path =
-      o.metadata_path.empty() ? DefaultMetadataPath(o.volume_path) : o.metadata_path;
-  auto loaded = LoadMetadata(path);
-  if (!loaded.ok()) {
-    return loaded.status();
+  const std::string path = MetadataPathOf(o);
+  auto opened = MetadataFile::Open(path);
+  if (!opened.ok()) {
+    return opened.status();
   }
-  VolumeMetadata md;
-  if (loaded.value()) {
-    md = *loaded.value();
+  if (opened.value()) {
+    node.metadata = std::move(*opened.value());
+    const VolumeMetadata& md = node.metadata->get();
     if (md.size_bytes != node.store->size_bytes()) {
       return Status::Error(EINVAL, "volume is " + std::to_string(node.store->size_bytes()) +
                                        " bytes but its metadata " + path + " says " +
@@ -99,29 +105,80 @@ base::Result<bool> OpenMetadata(Node& node) {
       return Status::Error(EINVAL, "metadata " + path + " belongs to node '" + md.node_id +
                                        "', not '" + o.node_id + "'");
     }
+    if (o.bitmap_region_bytes != 0 && o.bitmap_region_bytes != md.region_bytes) {
+      return Status::Error(EINVAL, "metadata " + path + " tracks " +
+                                       std::to_string(md.region_bytes) +
+                                       "-byte regions; the region size is fixed when a volume "
+                                       "is first used");
+    }
   } else {
     // A new volume: a primary's copy is the source of truth, a secondary's is unknown.
+    VolumeMetadata md;
     md.size_bytes = node.store->size_bytes();
     md.node_id = o.node_id;
     md.volume_uuid = o.primary ? NewVolumeUuid() : "";
     md.disk = o.primary ? DiskState::kUpToDate : DiskState::kInconsistent;
     md.peer_disk = DiskState::kInconsistent;
-    spdlog::info("new volume metadata {} ({})", path,
-                 o.primary ? "primary, UpToDate" : "secondary, waiting for its first sync");
+    md.gens.current = o.primary ? NewGeneration() : 0;
+    if (o.bitmap_region_bytes != 0) {
+      md.region_bytes = o.bitmap_region_bytes;
+    }
+    auto created = MetadataFile::Create(path, md);
+    if (!created.ok()) {
+      return created.status();
+    }
+    node.metadata = created.TakeValue();
+    spdlog::info("new volume metadata {} ({}, {}-byte bitmap regions)", path,
+                 o.primary ? "primary, UpToDate" : "secondary, waiting for its first sync",
+                 md.region_bytes);
   }
+  const VolumeMetadata& md = node.metadata->get();
   if (o.primary && md.disk != DiskState::kUpToDate) {
     return Status::Error(EPERM, std::string("this copy is ") + DiskStateName(md.disk) +
                                     "; it cannot be primary until it has been resynchronised");
   }
   const bool peer_known_good = md.clean && md.peer_disk == DiskState::kUpToDate;
-  // Until a clean shutdown says otherwise, a restart must assume the copies may differ.
-  md.clean = false;
-  Status saved = SaveMetadata(path, md);
+  // Until a clean shutdown says otherwise, a restart must assume the copies may differ. A
+  // primary with no peer configured writes without one from the start: a new generation.
+  Status saved = node.metadata->Update([&o](VolumeMetadata& next) {
+    next.clean = false;
+    if (o.primary && !o.peer_endpoint) {
+      DivergeFromPeer(next.gens);
+    }
+  });
   if (!saved.ok()) {
     return saved;
   }
-  node.metadata = std::make_unique<MetadataFile>(path, md);
   return peer_known_good;
+}
+
+// The bitmap: loaded from the metadata file, written back through its own io_uring store.
+Status OpenIntentLog(Node& node) {
+  uint64_t torn_pages = 0;
+  auto bits = node.metadata->ReadBitmap(&torn_pages);
+  if (!bits.ok()) {
+    return bits.status();
+  }
+  if (torn_pages > 0) {
+    spdlog::warn("metadata {}: {} bitmap page(s) failed their checksum (torn write?); their "
+                 "regions are taken as changed and will be resynchronised",
+                 node.metadata->path(), torn_pages);
+  }
+  UringStoreOptions store_options;
+  store_options.direct_io = node.options.direct_io;
+  auto store = UringStore::Open(node.io, node.metadata->path(), store_options);
+  if (!store.ok()) {
+    return store.status();
+  }
+  node.metadata_store = store.TakeValue();
+  const VolumeMetadata& md = node.metadata->get();
+  node.intent_log = std::make_unique<WriteIntentLog>(
+      node.io, node.metadata_store.get(), md.size_bytes, md.region_bytes, bits.TakeValue(),
+      node.options.write_intent_bitmap);
+  if (!node.options.write_intent_bitmap) {
+    spdlog::warn("--no-write-intent-bitmap: every resync after an outage copies the volume");
+  }
+  return Status::Ok();
 }
 
 Status SetUpSecurity(Node& node) {
@@ -176,6 +233,8 @@ std::vector<StatusField> StatusFields(const Node& node) {
   text("volume", node.options.volume_path);
   text("volume_uuid", md.volume_uuid);
   num("size_bytes", md.size_bytes);
+  text("current_gen", GenerationText(md.gens.current));
+  text("bitmap_gen", GenerationText(md.gens.bitmap));
   const bool disk_failed = (node.volume && node.volume->disk_failed()) ||
                            (node.applier && node.applier->disk_failed());
   text("disk", disk_failed ? "Failed" : DiskStateName(md.disk));
@@ -190,11 +249,17 @@ std::vector<StatusField> StatusFields(const Node& node) {
     resync_done = p.done_bytes;
     resync_total = p.total_bytes;
     if (r.peer_disk() != DiskState::kUpToDate) {
-      out_of_sync = p.running ? p.total_bytes - p.done_bytes : md.size_bytes;
+      // What the bitmap marks is what may differ.
+      out_of_sync = node.intent_log->marked_bytes();
     }
     num("peer_ops_in_flight", r.pending_count());
     num("held_writes", r.held_count());
     text("last_peer_error", r.last_error());
+    text("sync_decision", r.last_sync_kind());
+    text("sync_refusal", r.sync_refusal());
+    num("resync_rate_bytes_per_s", static_cast<uint64_t>(p.rate_bytes_per_s));
+    num("resync_eta_s", static_cast<uint64_t>(p.eta_s + 0.5));
+    num("resynced_bytes_total", r.resynced_bytes_total() + (p.running ? p.done_bytes : 0));
   } else if (node.applier) {
     connection = node.applier->attached() ? "connected" : "connecting";
     peer_disk = node.applier->attached() ? "UpToDate" : "Unknown";
@@ -203,12 +268,33 @@ std::vector<StatusField> StatusFields(const Node& node) {
       resync_total = md.size_bytes;
       out_of_sync = md.size_bytes > resync_done ? md.size_bytes - resync_done : 0;
     }
+    text("sync_refusal", node.listener ? node.listener->sync_refusal() : "");
     num("applied_writes", node.applier->stats().writes);
     num("applied_bytes", node.applier->stats().written_bytes);
     num("ops_in_flight", node.applier->stats().ops_in_flight);
   }
   text("connection", connection);
   text("peer_disk", peer_disk);
+  {
+    const WriteIntentLog& log = *node.intent_log;
+    const IntentLogStats& ls = log.stats();
+    fields.push_back({"split_brain",
+                      (node.replicator ? node.replicator->last_sync_kind() == "split-brain"
+                                       : node.listener &&
+                                             node.listener->sync_refusal().find("split brain") !=
+                                                 std::string::npos)
+                          ? "true"
+                          : "false",
+                      false});
+    text("write_intent_bitmap", log.enabled() ? "on" : "off");
+    num("bitmap_region_bytes", log.region_bytes());
+    num("marked_regions", log.marked_regions());
+    num("marked_bytes", log.marked_bytes());
+    num("metadata_writes", ls.page_writes + ls.datasyncs);
+    const uint64_t client_writes = node.volume ? node.volume->stats().writes : 0;
+    num("metadata_writes_per_1000_writes",
+        client_writes == 0 ? 0 : (ls.page_writes + ls.datasyncs) * 1000 / client_writes);
+  }
   num("out_of_sync_bytes", out_of_sync);
   num("resync_done_bytes", resync_done);
   num("resync_total_bytes", resync_total);
@@ -259,10 +345,12 @@ Status StartPrimary(Node& node, bool peer_known_good) {
     r.timing = Timing(o);
     r.on_peer_loss = o.on_peer_loss == "block" ? PeerLossPolicy::kBlock : PeerLossPolicy::kDegrade;
     r.skip_initial_sync = o.skip_initial_sync;
-    node.replicator =
-        std::make_unique<Replicator>(node.io, r, *node.metadata, *node.pool, peer_known_good);
+    r.resync_rate_bytes_per_s = o.resync_rate_bytes_per_s;
+    node.replicator = std::make_unique<Replicator>(node.io, r, *node.metadata, *node.intent_log,
+                                                   *node.pool, peer_known_good);
   }
-  node.volume = std::make_unique<Volume>(node.io, *node.store, node.replicator.get(), node.mode);
+  node.volume = std::make_unique<Volume>(node.io, *node.store, node.replicator.get(), node.mode,
+                                         node.intent_log.get());
   if (node.replicator) {
     node.replicator->SetVolume(node.volume.get());
     node.replicator->Start();
@@ -281,6 +369,33 @@ Status StartPrimary(Node& node, bool peer_known_good) {
   return Status::Ok();
 }
 
+// The last step of a primary's shutdown, once the final flush is done on both sides (or not).
+void FinishPrimaryStop(Node& node, const Status& flushed, bool in_sync) {
+  Status saved = node.metadata->Update([&](VolumeMetadata& md) {
+    md.clean = flushed.ok() && (node.replicator == nullptr || in_sync);
+    if (node.replicator) {
+      md.peer_disk = in_sync ? DiskState::kUpToDate : node.replicator->peer_disk();
+    }
+  });
+  if (!saved.ok()) {
+    spdlog::error("recording clean shutdown: {}", saved.ToString());
+  }
+  if (node.replicator) {
+    spdlog::info("peer {} at shutdown: {}", node.options.peer_node_id,
+                 in_sync ? "in sync" : "not in sync; its marked regions will be resynchronised");
+    node.replicator->Stop();
+  }
+  if (node.listener) {
+    node.listener->Stop();
+  }
+  if (node.exit_status.ok()) {
+    spdlog::info("drained and synced; exiting");
+  } else {
+    spdlog::error("drained, but {}; exiting", node.exit_status.ToString());
+  }
+  node.io.stop();
+}
+
 void StopPrimary(Node& node) {
   if (node.replicator) {
     node.replicator->BeginShutdown();
@@ -293,29 +408,18 @@ void StopPrimary(Node& node) {
         node.exit_status = Status::Error(EIO, "final datasync failed: " + st.ToString());
       }
       const bool in_sync = node.replicator && node.replicator->PeerInSync();
-      Status saved = node.metadata->Update([&](VolumeMetadata& md) {
-        md.clean = st.ok() && (node.replicator == nullptr || in_sync);
-        if (node.replicator) {
-          md.peer_disk = in_sync ? DiskState::kUpToDate : node.replicator->peer_disk();
+      if (!st.ok() || !in_sync) {
+        FinishPrimaryStop(node, st, in_sync);
+        return;
+      }
+      // Every write is drained and durable on both copies: nothing may differ, so the restart
+      // need not resync the regions still marked.
+      node.intent_log->ClearAll([&node, st](Status cleared) {
+        if (!cleared.ok()) {
+          spdlog::error("clearing the write-intent bitmap: {}", cleared.ToString());
         }
+        FinishPrimaryStop(node, st, true);
       });
-      if (!saved.ok()) {
-        spdlog::error("recording clean shutdown: {}", saved.ToString());
-      }
-      if (node.replicator) {
-        spdlog::info("peer {} at shutdown: {}", node.options.peer_node_id,
-                     in_sync ? "in sync" : "not in sync; it will be resynchronised");
-        node.replicator->Stop();
-      }
-      if (node.listener) {
-        node.listener->Stop();
-      }
-      if (node.exit_status.ok()) {
-        spdlog::info("drained and synced; exiting");
-      } else {
-        spdlog::error("drained, but {}; exiting", node.exit_status.ToString());
-      }
-      node.io.stop();
     });
     if (!flushed.ok()) {
       node.exit_status = flushed;
@@ -375,6 +479,9 @@ Status RunDaemon(const DaemonOptions& options) {
   if (!peer_known_good.ok()) {
     return peer_known_good.status();
   }
+  if (Status st = OpenIntentLog(node); !st.ok()) {
+    return st;
+  }
   if (Status st = SetUpSecurity(node); !st.ok()) {
     return st;
   }
@@ -387,11 +494,13 @@ Status RunDaemon(const DaemonOptions& options) {
       return st;
     }
   } else {
-    node.applier = std::make_unique<ReplicaApplier>(node.io, *node.store, *node.metadata);
+    node.applier = std::make_unique<ReplicaApplier>(node.io, *node.store, *node.metadata,
+                                                    *node.intent_log);
   }
   if (options.listen) {
-    node.listener = std::make_unique<PeerListener>(node.io, listener_options, *node.metadata,
-                                                   *node.pool, node.applier.get());
+    node.listener =
+        std::make_unique<PeerListener>(node.io, listener_options, *node.metadata,
+                                       *node.intent_log, *node.pool, node.applier.get());
     if (Status st = node.listener->Listen(*options.listen); !st.ok()) {
       return st;
     }
@@ -435,6 +544,42 @@ Status RunDaemon(const DaemonOptions& options) {
                node.mode == Mode::kSync ? "sync" : "flush", control_path);
   node.io.run();
   return node.exit_status;
+}
+
+}  // namespace mirror
+
+namespace mirror {
+
+Status DiscardChanges(const std::string& volume_path, const std::string& metadata_path) {
+  const std::string path = metadata_path.empty() ? DefaultMetadataPath(volume_path) : metadata_path;
+  auto opened = MetadataFile::Open(path);
+  if (!opened.ok()) {
+    return opened.status();
+  }
+  if (!opened.value()) {
+    return Status::Error(ENOENT, "no metadata at " + path + ": nothing to discard");
+  }
+  MetadataFile& file = **opened.value();
+  const VolumeMetadata before = file.get();
+  if (before.gens.bitmap == 0) {
+    return Status::Error(EINVAL, "this copy has never been in sync with a peer (no bitmap base "
+                                 "generation); there is no peer copy to fall back to");
+  }
+  // Back to the generation both copies last shared. The marks stay: they name every region
+  // this copy changed since, and the next resync overwrites exactly those (plus the peer's).
+  Status st = file.Update([](VolumeMetadata& md) {
+    md.gens.current = md.gens.bitmap;
+    md.disk = DiskState::kOutdated;
+    md.clean = false;
+  });
+  if (!st.ok()) {
+    return st;
+  }
+  std::printf("discarded this copy's changes since generation %s (was at %s); it is Outdated "
+              "and must be started as secondary to be resynchronised from its peer\n",
+              GenerationText(before.gens.bitmap).c_str(),
+              GenerationText(before.gens.current).c_str());
+  return Status::Ok();
 }
 
 }  // namespace mirror

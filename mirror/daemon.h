@@ -45,9 +45,21 @@ struct DaemonOptions {
   std::string on_peer_loss = "degrade";
   std::chrono::milliseconds peer_timeout{5000};
   bool skip_initial_sync = false;
+
+  // Dirty tracking and resync.
+  uint64_t bitmap_region_bytes = 0;  // 0: 64 KiB for a new volume, the recorded one otherwise.
+  bool write_intent_bitmap = true;   // false: every resync after an outage is full (benchmarks).
+  uint64_t resync_rate_bytes_per_s = 0;  // 0: unlimited.
 };
 
 // Runs until a signal stops it. Returns OK after a clean drain and final datasync.
 base::Status RunDaemon(const DaemonOptions& options);
+
+// `nbdmirror discard-changes`: on a stopped node, gives up the writes this copy made without its
+// peer, so that the peer's copy wins at the next connection (the operator's answer to split
+// brain or to a secondary that is ahead). The copy becomes Outdated at its bitmap's base
+// generation, keeping its marks so exactly the regions it changed are overwritten. Prints what
+// it did to stdout.
+base::Status DiscardChanges(const std::string& volume_path, const std::string& metadata_path);
 
 }  // namespace mirror

@@ -24,7 +24,31 @@ struct RawFlags {
   uint64_t buffer_mib = 64;
   bool no_direct_io = false;
   uint64_t peer_timeout_ms = 5000;
+  std::string resync_rate = "0";
+  uint64_t bitmap_region_kib = 0;
+  bool no_write_intent_bitmap = false;
 };
+
+// "0", "40M", "512K", "1G", "100000": bytes per second (K, M, G are powers of 1024).
+base::Result<uint64_t> ParseRate(const std::string& text) {
+  uint64_t value = 0;
+  size_t used = 0;
+  try {
+    value = std::stoull(text, &used);
+  } catch (...) {
+    return base::Status::Error(EINVAL, "--resync-rate takes a number with an optional K, M or G");
+  }
+  const std::string unit = text.substr(used);
+  const uint64_t scale = unit.empty() ? 1
+                         : unit == "K" || unit == "k" ? 1024
+                         : unit == "M" || unit == "m" ? 1024 * 1024
+                         : unit == "G" || unit == "g" ? 1024ull * 1024 * 1024
+                                                      : 0;
+  if (scale == 0 || text.empty() || text[0] == '-') {
+    return base::Status::Error(EINVAL, "--resync-rate takes a number with an optional K, M or G");
+  }
+  return value * scale;
+}
 
 base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
   for (const std::string& spec : raw.nbd) {
@@ -56,6 +80,17 @@ base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
   options.direct_io = !raw.no_direct_io;
   options.buffer_budget_bytes = raw.buffer_mib << 20;
   options.peer_timeout = std::chrono::milliseconds(raw.peer_timeout_ms);
+  auto rate = ParseRate(raw.resync_rate);
+  if (!rate.ok()) {
+    return rate.status();
+  }
+  options.resync_rate_bytes_per_s = rate.value();
+  const uint64_t region = raw.bitmap_region_kib * 1024;
+  if (raw.bitmap_region_kib != 0 && (region < 4096 || (region & (region - 1)) != 0)) {
+    return base::Status::Error(EINVAL, "--bitmap-region-kib takes a power of two, at least 4");
+  }
+  options.bitmap_region_bytes = region;
+  options.write_intent_bitmap = !raw.no_write_intent_bitmap;
   return base::Status::Ok();
 }
 
@@ -134,6 +169,15 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(64, 4096));
   run->add_flag("--no-direct-io", raw.no_direct_io, "use the page cache instead of O_DIRECT");
+  run->add_option("--resync-rate", raw.resync_rate,
+                  "primary: cap resync traffic at this many bytes per second (K, M, G suffixes: "
+                  "40M = 40 MiB/s); 0 = unlimited")
+      ->capture_default_str();
+  run->add_option("--bitmap-region-kib", raw.bitmap_region_kib,
+                  "write-intent bitmap granularity for a new volume (default 64; fixed once the "
+                  "metadata exists)");
+  run->add_flag("--no-write-intent-bitmap", raw.no_write_intent_bitmap,
+                "BENCHMARKING: no dirty tracking; every resync after an outage is a full one");
   run->add_option("--fault", options.fault_rules,
                   "TESTING ONLY: fail matching I/O with EIO (read:OFF:LEN, write:OFF:LEN, "
                   "datasync); repeatable");
@@ -145,6 +189,18 @@ int main(int argc, char** argv) {
   status->add_option("--control", status_control, "control socket (unix:PATH or PATH)");
   status->add_option("--volume", status_volume, "find the control socket from the volume path");
   status->add_flag("--json", status_json, "machine-readable output (keys documented in README)");
+
+  std::string discard_volume;
+  std::string discard_metadata;
+  CLI::App* discard = app.add_subcommand(
+      "discard-changes",
+      "on a STOPPED node: give up the writes this copy made without its peer (split brain, or "
+      "a secondary that is ahead); it becomes Outdated and is resynchronised from the peer when "
+      "started as secondary");
+  discard->add_option("--volume", discard_volume, "the volume whose changes are discarded")
+      ->required();
+  discard->add_option("--metadata", discard_metadata,
+                      "metadata file (default VOLUME.nbdmirror-meta)");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -160,6 +216,14 @@ int main(int argc, char** argv) {
 
   if (*status) {
     return ShowStatus(status_control, status_volume, status_json);
+  }
+  if (*discard) {
+    base::Status st = mirror::DiscardChanges(discard_volume, discard_metadata);
+    if (!st.ok()) {
+      spdlog::error("discard-changes: {}", st.ToString());
+      return 1;
+    }
+    return 0;
   }
   if (base::Status st = Resolve(raw, options); !st.ok()) {
     spdlog::error("{}", st.message());

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "mirror/await_done.h"
+#include "mirror/generations.h"
 #include "transport/peer.pb.h"
 
 namespace mirror {
@@ -29,11 +31,12 @@ pb::DiskState ToWire(DiskState state) {
 }  // namespace
 
 PeerListener::PeerListener(asio::io_context& io, PeerListenerOptions options,
-                           MetadataFile& metadata, base::BufferPool& pool,
-                           ReplicaApplier* applier)
+                           MetadataFile& metadata, WriteIntentLog& intent_log,
+                           base::BufferPool& pool, ReplicaApplier* applier)
     : io_(io),
       options_(std::move(options)),
       metadata_(metadata),
+      intent_log_(intent_log),
       pool_(pool),
       applier_(applier),
       acceptor_(io) {}
@@ -145,6 +148,15 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
     co_return co_await refuse(EBUSY, "already mirroring from primary '" +
                                          applier_->primary_node_id() + "'");
   }
+  // Our own view of the generations: the primary decides too, but a secondary never lets itself
+  // be overwritten when it holds writes the primary lacks.
+  Generations primary_gens;
+  primary_gens.current = hello.current_gen();
+  primary_gens.bitmap = hello.bitmap_gen();
+  primary_gens.history.assign(hello.history_gens().begin(), hello.history_gens().end());
+  const SyncDecision view =
+      DecideSync(primary_gens, md.gens, md.disk == DiskState::kUpToDate,
+                 hello.marked_bytes() > 0 || intent_log_.marked_regions() > 0);
   handshaking_ = true;
   pb::Hello ours;
   ours.set_protocol_version(transport::kPeerProtocolVersion);
@@ -154,7 +166,25 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
   ours.set_size_bytes(md.size_bytes);
   ours.set_disk(ToWire(md.disk));
   ours.set_timeout_ms(static_cast<uint32_t>(options_.timing.timeout.count()));
+  ours.set_current_gen(md.gens.current);
+  ours.set_bitmap_gen(md.gens.bitmap);
+  for (uint64_t gen : md.gens.history) {
+    ours.add_history_gens(gen);
+  }
+  ours.set_marked_bytes(intent_log_.marked_bytes());
   Status st = co_await link->SendMessage(FrameType::kHello, ours);
+  if (st.ok()) {
+    st = co_await SendBitmap(*link);
+  }
+  if (st.ok() && IsRefusal(view.kind)) {
+    sync_refusal_ = view.reason;
+    spdlog::error("refusing primary {}: {}. To go on, run `nbdmirror discard-changes` on the "
+                  "copy whose changes are to be discarded (see README)",
+                  hello.node_id(), view.reason);
+    handshaking_ = false;
+    co_return co_await refuse(EEXIST, view.reason);
+  }
+  sync_refusal_.clear();
   pb::SyncPlan plan;
   if (st.ok()) {
     st = co_await link->Expect(FrameType::kSyncPlan, plan);
@@ -162,15 +192,27 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
   if (st.ok() && plan.volume_uuid() != hello.volume_uuid()) {
     st = Status::Error(EPROTO, "SyncPlan names another volume");
   }
+  if (st.ok() && (plan.kind() == pb::SyncPlan::KIND_UNSPECIFIED || plan.target_gen() == 0)) {
+    st = Status::Error(EPROTO, "SyncPlan has no kind or no target generation");
+  }
+  const bool resync = plan.kind() != pb::SyncPlan::KIND_NONE;
+  if (st.ok() && !resync) {
+    // The primary vouches that the copies are identical: either the generations say so, or the
+    // operator did for two new volumes (--skip-initial-sync). Marks of our own are moot.
+    st = co_await AwaitDone(io_, [this](StoreDone done) { intent_log_.ClearAll(std::move(done)); });
+  }
   if (st.ok()) {
     // Recorded before the first resync block can land: a crash mid-resync leaves this copy
-    // marked Inconsistent, never mistaken for a usable one.
+    // marked Inconsistent at the plan's generation, never mistaken for a usable one, and the
+    // resync resumes from the primary's bitmap.
     st = metadata_.Update([&](VolumeMetadata& next) {
       next.volume_uuid = plan.volume_uuid();
-      // Without a resync the primary vouches that the copies are identical: either it knows
-      // this copy is in sync, or the operator said so for two new volumes
-      // (--skip-initial-sync).
-      next.disk = plan.full_resync() ? DiskState::kInconsistent : DiskState::kUpToDate;
+      if (next.gens.current != plan.target_gen()) {
+        RememberGeneration(next.gens, next.gens.current);
+      }
+      next.gens.current = plan.target_gen();
+      next.gens.bitmap = plan.target_gen();
+      next.disk = resync ? DiskState::kInconsistent : DiskState::kUpToDate;
     });
   }
   if (st.ok()) {
@@ -181,10 +223,37 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
   if (!st.ok()) {
     co_return st;
   }
-  spdlog::info("primary {} connected from {} ({})", hello.node_id(), link->remote(),
-               plan.full_resync() ? "full resync follows" : "in sync");
+  spdlog::info("primary {} connected from {} ({}; {} bytes to resync)", hello.node_id(),
+               link->remote(),
+               plan.kind() == pb::SyncPlan::KIND_FULL          ? "full resync follows"
+               : plan.kind() == pb::SyncPlan::KIND_INCREMENTAL ? "incremental resync follows"
+                                                               : "in sync",
+               plan.resync_bytes());
   link->AdaptToPeerTimeout(std::chrono::milliseconds(hello.timeout_ms()));
   applier_->Attach(link, hello.node_id());
+  co_return Status::Ok();
+}
+
+}  // namespace mirror
+
+namespace mirror {
+
+asio::awaitable<Status> PeerListener::SendBitmap(transport::PeerConnection& link) {
+  // Messages stay well under the 64 KiB message limit: a run is two varints of at most 10 bytes.
+  constexpr int kRunsPerMessage = 2000;
+  const std::vector<ByteRange> runs = intent_log_.MarkedRuns();
+  size_t next = 0;
+  do {
+    pb::BitmapRuns message;
+    for (int i = 0; i < kRunsPerMessage && next < runs.size(); ++i, ++next) {
+      message.add_offset_bytes(runs[next].offset_bytes);
+      message.add_length_bytes(runs[next].length_bytes);
+    }
+    message.set_last(next == runs.size());
+    if (Status st = co_await link.SendMessage(FrameType::kBitmapRuns, message); !st.ok()) {
+      co_return st;
+    }
+  } while (next < runs.size());
   co_return Status::Ok();
 }
 

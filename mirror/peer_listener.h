@@ -3,8 +3,10 @@
 //
 // On a secondary it runs the acceptor side of the handshake: authenticate, check the caller's
 // Hello (it must be the configured peer, a primary, of the same size and, once paired, the same
-// volume), answer with our Hello, record the primary's SyncPlan durably, and hand the link to
-// the ReplicaApplier. On a primary it authenticates and then refuses: a node that dials a
+// volume), answer with our Hello and our marked regions (BitmapRuns), check the generations
+// itself (split brain, a secondary ahead of the primary and unrelated data are refused here as
+// well as on the primary), record the primary's SyncPlan durably, and hand the link to the
+// ReplicaApplier. On a primary it authenticates and then refuses: a node that dials a
 // primary believes it is primary itself, and two primaries would split the volume.
 //
 // Every refusal is logged with its reason and sent to the caller in a Refuse frame; nothing is
@@ -17,6 +19,7 @@
 #include "base/endpoint.h"
 #include "mirror/metadata.h"
 #include "mirror/replica_applier.h"
+#include "mirror/write_intent_log.h"
 #include "transport/peer_connection.h"
 
 namespace mirror {
@@ -33,26 +36,32 @@ class PeerListener {
  public:
   // `applier` is null on a primary. Everything is borrowed.
   PeerListener(asio::io_context& io, PeerListenerOptions options, MetadataFile& metadata,
-               base::BufferPool& pool, ReplicaApplier* applier);
+               WriteIntentLog& intent_log, base::BufferPool& pool, ReplicaApplier* applier);
 
   base::Status Listen(const base::Endpoint& endpoint);
   void Stop();
   uint64_t refused_count() const { return refused_count_; }
+  // Why the last primary was refused for split brain, being behind, or unrelated data; "" if the
+  // last handshake got past that check.
+  const std::string& sync_refusal() const { return sync_refusal_; }
 
  private:
   asio::awaitable<void> AcceptLoop();
   asio::awaitable<void> Handle(asio::ip::tcp::socket socket);
   asio::awaitable<base::Status> Handshake(std::shared_ptr<transport::PeerConnection> link);
+  asio::awaitable<base::Status> SendBitmap(transport::PeerConnection& link);
 
   asio::io_context& io_;
   PeerListenerOptions options_;
   MetadataFile& metadata_;
+  WriteIntentLog& intent_log_;
   base::BufferPool& pool_;
   ReplicaApplier* applier_;
   asio::ip::tcp::acceptor acceptor_;
   bool stopping_ = false;
   bool handshaking_ = false;
   uint64_t refused_count_ = 0;
+  std::string sync_refusal_;
 };
 
 }  // namespace mirror

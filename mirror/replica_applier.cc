@@ -10,10 +10,12 @@ using base::Status;
 using transport::FrameType;
 namespace pb = nbdmirror::peer;
 
-ReplicaApplier::ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata)
+ReplicaApplier::ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata,
+                               WriteIntentLog& intent_log)
     : io_(io),
       store_(store),
       metadata_(metadata),
+      intent_log_(intent_log),
       group_commit_(io, store),
       idle_event_(io.get_executor()) {}
 
@@ -122,13 +124,15 @@ void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
 
 void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done) {
   uint64_t seq = 0;
+  uint64_t current_gen = 0;
   if (resync_done) {
     pb::ResyncDone message;
-    if (!frame.Parse(message)) {
-      Reject("ResyncDone does not parse");
+    if (!frame.Parse(message) || message.current_gen() == 0) {
+      Reject("ResyncDone does not parse or names no generation");
       return;
     }
     seq = message.seq();
+    current_gen = message.current_gen();
   } else {
     pb::Flush message;
     if (!frame.Parse(message)) {
@@ -140,12 +144,34 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
   ++stats_.flushes;
   ++stats_.ops_in_flight;
   WeakLink link = link_;
-  group_commit_.RequestDurable([this, link, seq, resync_done](Status st) {
-    if (st.ok() && resync_done) {
-      st = metadata_.Update([](VolumeMetadata& md) { md.disk = DiskState::kUpToDate; });
-      if (st.ok()) {
-        spdlog::info("resync from {} complete: this copy is UpToDate", primary_node_id_);
-      }
+  group_commit_.RequestDurable([this, link, seq, current_gen](Status st) {
+    if (st.ok() && current_gen != 0) {
+      FinishResync(link, seq, current_gen);
+      return;
+    }
+    --stats_.ops_in_flight;
+    SendAck(link, seq, st);
+    idle_event_.Notify();
+  });
+}
+
+void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t current_gen) {
+  // Everything the primary sent is durable here: the copies are identical at `current_gen`, so
+  // marks this node kept from a time it was primary are moot.
+  intent_log_.ClearAll([this, link, seq, current_gen](Status st) {
+    if (st.ok()) {
+      st = metadata_.Update([current_gen](VolumeMetadata& md) {
+        if (md.gens.current != current_gen) {
+          RememberGeneration(md.gens, md.gens.current);
+        }
+        md.gens.current = current_gen;
+        md.gens.bitmap = current_gen;
+        md.disk = DiskState::kUpToDate;
+      });
+    }
+    if (st.ok()) {
+      spdlog::info("resync from {} complete: this copy is UpToDate at generation {}",
+                   primary_node_id_, GenerationText(current_gen));
     }
     --stats_.ops_in_flight;
     SendAck(link, seq, st);

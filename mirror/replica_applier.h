@@ -17,6 +17,7 @@
 #include "mirror/group_commit.h"
 #include "mirror/local_store.h"
 #include "mirror/metadata.h"
+#include "mirror/write_intent_log.h"
 #include "transport/peer_connection.h"
 
 namespace mirror {
@@ -31,7 +32,10 @@ struct ApplierStats {
 
 class ReplicaApplier final : public transport::FrameHandler {
  public:
-  ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata);
+  // At ResyncDone the copy becomes UpToDate at the primary's generation and `intent_log` (this
+  // node's own marks, from a time it was primary) is cleared.
+  ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata,
+                 WriteIntentLog& intent_log);
 
   bool attached() const { return link_ != nullptr; }
   bool idle() const { return stats_.ops_in_flight == 0; }
@@ -54,6 +58,7 @@ class ReplicaApplier final : public transport::FrameHandler {
   void ApplyWrite(transport::Frame frame);
   void ApplyZero(const transport::Frame& frame);
   void ApplyFlush(const transport::Frame& frame, bool resync_done);
+  void FinishResync(const WeakLink& link, uint64_t seq, uint64_t current_gen);
   void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status);
   void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status);
   void Reject(const std::string& why);
@@ -61,6 +66,7 @@ class ReplicaApplier final : public transport::FrameHandler {
   asio::io_context& io_;
   LocalStore& store_;
   MetadataFile& metadata_;
+  WriteIntentLog& intent_log_;
   GroupCommit group_commit_;
   std::shared_ptr<transport::PeerConnection> link_;
   std::string primary_node_id_;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "mirror/await_done.h"
 #include "transport/peer.pb.h"
 
 namespace mirror {
@@ -23,10 +24,12 @@ const char* ConnectionStateName(ConnectionState state) {
 }
 
 Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, MetadataFile& metadata,
-                       base::BufferPool& pool, bool peer_disk_known_good)
+                       WriteIntentLog& intent_log, base::BufferPool& pool,
+                       bool peer_disk_known_good)
     : io_(io),
       options_(std::move(options)),
       metadata_(metadata),
+      intent_log_(intent_log),
       pool_(pool),
       peer_disk_(peer_disk_known_good ? DiskState::kUpToDate : DiskState::kOutdated) {}
 
@@ -34,6 +37,7 @@ void Replicator::Start() {
   CHECK(volume_ != nullptr);
   connection_ = ConnectionState::kConnecting;
   asio::co_spawn(io_, DialLoop(), asio::detached);
+  asio::co_spawn(io_, CleanLoop(), asio::detached);
 }
 
 void Replicator::BeginShutdown() {
@@ -154,6 +158,12 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   hello.set_size_bytes(md.size_bytes);
   hello.set_disk(pb::DISK_UP_TO_DATE);
   hello.set_timeout_ms(static_cast<uint32_t>(options_.timing.timeout.count()));
+  hello.set_current_gen(md.gens.current);
+  hello.set_bitmap_gen(md.gens.bitmap);
+  for (uint64_t gen : md.gens.history) {
+    hello.add_history_gens(gen);
+  }
+  hello.set_marked_bytes(intent_log_.marked_bytes());
   if (Status st = co_await link->SendMessage(FrameType::kHello, hello); !st.ok()) {
     co_return st;
   }
@@ -161,22 +171,17 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   if (Status st = co_await link->Expect(FrameType::kHello, peer_hello); !st.ok()) {
     co_return st;
   }
-  if (Status st = CheckPeerHello(peer_hello); !st.ok()) {
-    pb::Refuse refuse;
-    refuse.set_reason(st.message());
-    (void)co_await link->SendMessage(FrameType::kRefuse, refuse);
-    co_return st;
-  }
-  bool full_resync = peer_hello.disk() != pb::DISK_UP_TO_DATE ||
-                     peer_hello.volume_uuid().empty() || peer_disk_ != DiskState::kUpToDate;
-  if (full_resync && options_.skip_initial_sync && peer_hello.volume_uuid().empty() &&
-      md.peer_disk == DiskState::kInconsistent) {
-    spdlog::warn("--skip-initial-sync: trusting the operator that both volumes are identical");
-    full_resync = false;
-  }
+  Status checked = CheckPeerHello(peer_hello);
   pb::SyncPlan plan;
-  plan.set_volume_uuid(md.volume_uuid);
-  plan.set_full_resync(full_resync);
+  if (checked.ok()) {
+    checked = co_await Plan(peer_hello, *link, plan);
+  }
+  if (!checked.ok()) {
+    pb::Refuse refuse;
+    refuse.set_reason(checked.message());
+    (void)co_await link->SendMessage(FrameType::kRefuse, refuse);
+    co_return checked;
+  }
   if (Status st = co_await link->SendMessage(FrameType::kSyncPlan, plan); !st.ok()) {
     co_return st;
   }
@@ -189,18 +194,117 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   }
   link->AdaptToPeerTimeout(std::chrono::milliseconds(peer_hello.timeout_ms()));
   link_ = std::move(link);
+  ++link_epoch_;
   link_closed_ = std::make_unique<base::AsyncEvent>(io_.get_executor());
   connection_ = ConnectionState::kConnected;
   link_->StartStreaming(this);
-  spdlog::info("peer {} connected from {}: {}", options_.peer_node_id, link_->remote(),
-               full_resync ? "full resync" : "in sync");
+  const bool resync = plan.kind() != pb::SyncPlan::KIND_NONE;
+  spdlog::info("peer {} connected from {}: {} ({} bytes to resync)", options_.peer_node_id,
+               link_->remote(), last_sync_kind_, plan.resync_bytes());
   ReleaseHeld();
-  if (full_resync) {
+  if (resync) {
     MarkPeerDisk(DiskState::kInconsistent);
     StartResync();
   } else {
     MarkPeerDisk(DiskState::kUpToDate);
   }
+  co_return Status::Ok();
+}
+
+asio::awaitable<Status> Replicator::ReceivePeerBitmap(transport::PeerConnection& link,
+                                                      std::vector<ByteRange>& runs) {
+  const uint64_t size = metadata_.get().size_bytes;
+  // A run per region at most, so a peer cannot keep us reading forever.
+  const uint64_t max_runs = metadata_.region_count() + 1;
+  while (true) {
+    pb::BitmapRuns message;
+    if (Status st = co_await link.Expect(FrameType::kBitmapRuns, message); !st.ok()) {
+      co_return st;
+    }
+    if (message.offset_bytes_size() != message.length_bytes_size()) {
+      co_return Status::Error(EPROTO, "BitmapRuns lists differ in length");
+    }
+    for (int i = 0; i < message.offset_bytes_size(); ++i) {
+      const uint64_t offset = message.offset_bytes(i);
+      const uint64_t length = message.length_bytes(i);
+      if (offset > size || length > size - offset || runs.size() >= max_runs) {
+        co_return Status::Error(EPROTO, "BitmapRuns marks a range past the end of the volume");
+      }
+      runs.push_back({offset, length});
+    }
+    if (message.last()) {
+      co_return Status::Ok();
+    }
+  }
+}
+
+asio::awaitable<Status> Replicator::Plan(const pb::Hello& peer_hello,
+                                         transport::PeerConnection& link, pb::SyncPlan& plan) {
+  std::vector<ByteRange> peer_runs;
+  if (Status st = co_await ReceivePeerBitmap(link, peer_runs); !st.ok()) {
+    co_return st;
+  }
+  const VolumeMetadata& md = metadata_.get();
+  Generations peer;
+  peer.current = peer_hello.current_gen();
+  peer.bitmap = peer_hello.bitmap_gen();
+  peer.history.assign(peer_hello.history_gens().begin(), peer_hello.history_gens().end());
+  const bool peer_new = peer_hello.volume_uuid().empty() || peer.current == 0;
+  SyncDecision decision =
+      DecideSync(md.gens, peer, peer_hello.disk() == pb::DISK_UP_TO_DATE,
+                 intent_log_.marked_regions() > 0 || !peer_runs.empty());
+  if (decision.kind == SyncKind::kFull && peer_new && options_.skip_initial_sync) {
+    spdlog::warn("--skip-initial-sync: trusting the operator that both volumes are identical");
+    decision = {SyncKind::kNone, "--skip-initial-sync: the operator vouches both are identical"};
+  }
+  if (IsRefusal(decision.kind)) {
+    sync_refusal_ = decision.reason;
+    last_sync_kind_ = SyncKindName(decision.kind);
+    spdlog::error("refusing to sync with {}: {}. To go on, run `nbdmirror discard-changes` on "
+                  "the copy whose changes are to be discarded (see README)",
+                  options_.peer_node_id, decision.reason);
+    co_return Status::Error(EEXIST, decision.reason);
+  }
+  if (decision.kind == SyncKind::kIncremental && !intent_log_.enabled()) {
+    decision = {SyncKind::kFull, "the write-intent bitmap is off: full resync"};
+  }
+  sync_refusal_.clear();
+  last_sync_kind_ = SyncKindName(decision.kind);
+  Generations next = md.gens;
+  uint64_t target = next.current;
+  switch (decision.kind) {
+    case SyncKind::kNone:
+      next.bitmap = next.current;
+      break;
+    case SyncKind::kIncremental:
+      target = peer.current;
+      for (const ByteRange& run : peer_runs) {
+        intent_log_.MarkRange(run.offset_bytes, run.length_bytes);
+      }
+      break;
+    default:  // kFull
+      RememberGeneration(next, next.bitmap);
+      next.bitmap = NewGeneration();
+      target = next.bitmap;
+      intent_log_.MarkAll();
+      break;
+  }
+  // Durable before the secondary hears of it: a crash from here on resumes this plan.
+  Status st = co_await AwaitDone(io_, [this](StoreDone done) { intent_log_.Persist(std::move(done)); });
+  if (st.ok()) {
+    st = metadata_.Update([&next](VolumeMetadata& m) { m.gens = next; });
+  }
+  if (!st.ok()) {
+    co_return Status::Error(EIO, "recording the sync plan: " + st.ToString());
+  }
+  spdlog::info("sync decision with {}: {}: {}", options_.peer_node_id, last_sync_kind_,
+               decision.reason);
+  plan.set_volume_uuid(md.volume_uuid);
+  plan.set_kind(decision.kind == SyncKind::kNone          ? pb::SyncPlan::KIND_NONE
+                : decision.kind == SyncKind::kIncremental ? pb::SyncPlan::KIND_INCREMENTAL
+                                                          : pb::SyncPlan::KIND_FULL);
+  plan.set_target_gen(target);
+  plan.set_resync_bytes(decision.kind == SyncKind::kNone ? 0 : intent_log_.marked_bytes());
   co_return Status::Ok();
 }
 
@@ -222,9 +326,32 @@ void Replicator::MarkPeerDisk(DiskState state) {
   }
 }
 
+void Replicator::RecordDivergence() {
+  const VolumeMetadata& md = metadata_.get();
+  const bool mint = md.gens.current == md.gens.bitmap;
+  if (peer_disk_ == DiskState::kUpToDate) {
+    peer_disk_ = DiskState::kOutdated;
+  }
+  if (!mint && md.peer_disk == peer_disk_) {
+    return;
+  }
+  Status st = metadata_.Update([this, mint](VolumeMetadata& next) {
+    if (mint) {
+      DivergeFromPeer(next.gens);
+    }
+    next.peer_disk = peer_disk_;
+  });
+  if (!st.ok()) {
+    spdlog::critical("cannot record writing without the peer: {}", st.ToString());
+  } else if (mint) {
+    spdlog::info("writing without peer {}: new generation {}", options_.peer_node_id,
+                 GenerationText(metadata_.get().gens.current));
+  }
+}
+
 void Replicator::StartResync() {
-  auto resync = std::make_shared<FullResync>(
-      *volume_, pool_,
+  auto resync = std::make_shared<Resync>(
+      io_, *volume_, intent_log_, pool_,
       [this](uint64_t offset, std::span<const std::byte> data, PeerDone done) {
         SendOrHold(
             [this, offset, data](uint64_t seq) {
@@ -232,6 +359,7 @@ void Replicator::StartResync() {
               write.set_seq(seq);
               write.set_offset_bytes(offset);
               write.set_length_bytes(static_cast<uint32_t>(data.size()));
+              write.set_durable(true);
               write.set_resync(true);
               link_->Send(FrameType::kWrite, write, data);
             },
@@ -244,13 +372,16 @@ void Replicator::StartResync() {
               zero.set_seq(seq);
               zero.set_offset_bytes(offset);
               zero.set_length_bytes(length);
+              zero.set_durable(true);
               zero.set_may_punch_hole(true);
               link_->Send(FrameType::kZero, zero);
             },
             std::move(done), /*resync=*/true);
-      });
+      },
+      options_.resync_rate_bytes_per_s);
   resync_ = resync;
-  spdlog::info("resync to {}: {} bytes", options_.peer_node_id, volume_->size_bytes());
+  spdlog::info("resync to {}: {} bytes marked", options_.peer_node_id,
+               intent_log_.marked_bytes());
   resync->Start([this, resync](bool complete) {
     resync_progress_ = resync->progress();
     OnResyncFinished(complete);
@@ -258,6 +389,7 @@ void Replicator::StartResync() {
 }
 
 void Replicator::OnResyncFinished(bool complete) {
+  resynced_bytes_total_ += resync_progress_.done_bytes;
   if (!complete || !Streaming()) {
     spdlog::warn("resync to {} interrupted at {} of {} bytes", options_.peer_node_id,
                  resync_progress_.done_bytes, resync_progress_.total_bytes);
@@ -268,13 +400,23 @@ void Replicator::OnResyncFinished(bool complete) {
       [this](uint64_t seq) {
         pb::ResyncDone done;
         done.set_seq(seq);
+        done.set_current_gen(metadata_.get().gens.current);
         link_->Send(FrameType::kResyncDone, done);
       },
       [this](PeerOutcome outcome) {
-        if (outcome == PeerOutcome::kConfirmed) {
-          spdlog::info("resync to {} complete; peer is UpToDate", options_.peer_node_id);
-          MarkPeerDisk(DiskState::kUpToDate);
+        if (outcome != PeerOutcome::kConfirmed) {
+          return;
         }
+        // The secondary now holds this generation: the bitmap is relative to it again.
+        peer_disk_ = DiskState::kUpToDate;
+        Status st = metadata_.Update([](VolumeMetadata& md) {
+          md.gens.bitmap = md.gens.current;
+          md.peer_disk = DiskState::kUpToDate;
+        });
+        if (!st.ok()) {
+          spdlog::critical("cannot record the finished resync: {}", st.ToString());
+        }
+        spdlog::info("resync to {} complete; peer is UpToDate", options_.peer_node_id);
       },
       /*resync=*/true);
 }
@@ -294,11 +436,9 @@ void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync) {
 }
 
 void Replicator::CompleteUnreplicated(Pending op) {
-  // The operation was not mirrored: the peer's copy is out of date, and that must be on disk
-  // before the operation is acknowledged.
-  if (peer_disk_ == DiskState::kUpToDate) {
-    MarkPeerDisk(DiskState::kOutdated);
-  }
+  // The operation was not mirrored: the peer's copy is out of date, and that (with a new
+  // generation) must be on disk before the operation is acknowledged.
+  RecordDivergence();
   if (options_.on_peer_loss == PeerLossPolicy::kBlock) {
     if (shutting_down_) {
       asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kAborted); });
@@ -411,6 +551,56 @@ void Replicator::OnClosed(const Status& why) {
   }
   if (link_closed_) {
     link_closed_->Notify();
+  }
+}
+
+}  // namespace mirror
+
+namespace mirror {
+
+asio::awaitable<void> Replicator::CleanLoop() {
+  asio::steady_timer timer(io_);
+  while (!stopping_) {
+    timer.expires_after(options_.clean_interval);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping_) {
+      break;
+    }
+    if (Streaming() && peer_disk_ == DiskState::kUpToDate && intent_log_.enabled() &&
+        intent_log_.marked_regions() > 0 && !(resync_ && resync_->progress().running)) {
+      co_await CleanOnce();
+    }
+  }
+}
+
+asio::awaitable<void> Replicator::CleanOnce() {
+  const uint64_t epoch = link_epoch_;
+  const uint64_t cycle = intent_log_.BeginClean();
+  // Each flush covers every write completed before it started; writes after BeginClean mark
+  // their regions touched, so they are not cleared this cycle.
+  Status local = co_await AwaitDone(
+      io_, [this](StoreDone done) { volume_->group_commit().RequestDurable(std::move(done)); });
+  Status peer = co_await AwaitDone(io_, [this](StoreDone done) {
+    SendOrHold(
+        [this](uint64_t seq) {
+          pb::Flush flush;
+          flush.set_seq(seq);
+          link_->Send(FrameType::kFlush, flush);
+        },
+        [done = std::move(done)](PeerOutcome outcome) {
+          done(outcome == PeerOutcome::kConfirmed ? Status::Ok()
+                                                  : Status::Error(ENOTCONN, "peer gone"));
+        },
+        /*resync=*/true);
+  });
+  if (local.ok() && peer.ok() && epoch == link_epoch_ && Streaming() &&
+      peer_disk_ == DiskState::kUpToDate) {
+    const uint64_t cleared = intent_log_.FinishClean(cycle);
+    spdlog::debug("clean cycle: {} regions cleared, {} still marked", cleared,
+                  intent_log_.marked_regions());
+  } else {
+    intent_log_.AbortClean();
   }
 }
 

@@ -1,8 +1,16 @@
 #pragma once
 // Replicator: the primary's side of the mirror. It implements PeerLink for the Volume, keeps a
-// connection to the standby (dialing and redialing it), runs the handshake that decides whether
-// the standby needs a full resync, drives that resync, and applies the failure policy when the
-// standby goes away.
+// connection to the standby (dialing and redialing it), runs the handshake that decides what
+// the standby needs (mirror/generations.h: nothing, the marked regions, everything, or a
+// refusal), drives that resync, clears the write-intent bitmap while the pair is in sync, and
+// applies the failure policy when the standby goes away.
+//
+// Handshake (after authentication): both send Hello (identity, size, disk state, generations);
+// the secondary then sends its marked regions (BitmapRuns). The primary adds them to its own
+// bitmap, decides, makes the bitmap and generations durable, and sends SyncPlan; the secondary
+// records the plan durably and answers Ready. Split brain, a secondary ahead of the primary and
+// unrelated data are refused on both sides, logged, and shown in status (`sync_refusal`) until
+// an operator runs `nbdmirror discard-changes` on the copy whose changes are to go.
 //
 // Connection states (status "connection"): kConnecting while dialing or between attempts,
 // kConnected once the handshake is done and writes are mirrored.
@@ -15,8 +23,13 @@
 //   - `block`: they are held; when the standby is back they are sent again, and answered
 //     when it acknowledges them. (They keep their range locks meanwhile, so the resync that
 //     follows copies their ranges only after them.)
-// A returning standby whose copy is not known to be UpToDate gets a full resync (the
-// write-intent bitmap that narrows this to dirty regions comes later).
+// The first write acknowledged without the peer mints a new current generation (durably, before
+// the acknowledgement), so the returning standby is known to be behind by exactly the marked
+// regions.
+//
+// Bitmap cleaning: every `clean_interval`, while connected with the peer UpToDate and no resync
+// running, a clean cycle flushes both copies and then clears the regions no write touched
+// during the cycle.
 //
 // Loop thread only.
 
@@ -34,7 +47,13 @@
 #include "mirror/peer_link.h"
 #include "mirror/resync.h"
 #include "mirror/volume.h"
+#include "mirror/write_intent_log.h"
 #include "transport/peer_connection.h"
+
+namespace nbdmirror::peer {
+class Hello;
+class SyncPlan;
+}  // namespace nbdmirror::peer
 
 namespace mirror {
 
@@ -52,14 +71,16 @@ struct ReplicatorOptions {
   PeerLossPolicy on_peer_loss = PeerLossPolicy::kDegrade;
   bool skip_initial_sync = false;
   std::chrono::milliseconds retry_interval{1000};
+  uint64_t resync_rate_bytes_per_s = 0;  // 0: unlimited.
+  std::chrono::milliseconds clean_interval{1000};
 };
 
 class Replicator final : public PeerLink, public transport::FrameHandler {
  public:
   // Everything is borrowed and must outlive the replicator. `peer_disk_known_good` says the
-  // metadata recorded a clean shutdown with the peer UpToDate.
+  // metadata recorded a clean shutdown with the peer UpToDate (for status until it connects).
   Replicator(asio::io_context& io, ReplicatorOptions options, MetadataFile& metadata,
-             base::BufferPool& pool, bool peer_disk_known_good);
+             WriteIntentLog& intent_log, base::BufferPool& pool, bool peer_disk_known_good);
 
   void SetVolume(Volume* volume) { volume_ = volume; }
   void Start();
@@ -85,6 +106,11 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   size_t pending_count() const { return pending_.size(); }
   size_t held_count() const { return held_.size(); }
   const std::string& last_error() const { return last_error_; }
+  // Why the last handshake was refused for split brain, a peer ahead or unrelated data ("" if
+  // it was not), and the kind of the last sync decision ("" before the first).
+  const std::string& sync_refusal() const { return sync_refusal_; }
+  const std::string& last_sync_kind() const { return last_sync_kind_; }
+  uint64_t resynced_bytes_total() const { return resynced_bytes_total_; }
   // True when every write since the start of this connection reached the peer, the peer is
   // UpToDate, and nothing is in flight: what a clean shutdown may record.
   bool PeerInSync() const;
@@ -102,11 +128,23 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   asio::awaitable<void> DialLoop();
   asio::awaitable<base::Status> ConnectOnce();
   base::Status CheckPeerHello(const google::protobuf::MessageLite& hello) const;
+  // Reads the secondary's BitmapRuns.
+  asio::awaitable<base::Status> ReceivePeerBitmap(transport::PeerConnection& link,
+                                                  std::vector<ByteRange>& runs);
+  // Receives the peer's bitmap, decides, and makes the plan durable; fills `plan`. A refusal
+  // comes back as an error.
+  asio::awaitable<base::Status> Plan(const nbdmirror::peer::Hello& peer_hello,
+                                     transport::PeerConnection& link,
+                                     nbdmirror::peer::SyncPlan& plan);
+  asio::awaitable<void> CleanLoop();
+  asio::awaitable<void> CleanOnce();
   uint64_t NextSeq() { return next_seq_++; }
   bool Streaming() const { return link_ != nullptr && connection_ == ConnectionState::kConnected; }
   void SendOrHold(SendFn send, PeerDone done, bool resync);
   void CompleteUnreplicated(Pending op);
   void MarkPeerDisk(DiskState state);
+  // The first write without the peer: a new current generation, the peer Outdated, durably.
+  void RecordDivergence();
   void StartResync();
   void OnResyncFinished(bool complete);
   void ReleaseHeld();
@@ -114,6 +152,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   asio::io_context& io_;
   ReplicatorOptions options_;
   MetadataFile& metadata_;
+  WriteIntentLog& intent_log_;
   base::BufferPool& pool_;
   Volume* volume_ = nullptr;
   std::shared_ptr<transport::PeerConnection> link_;
@@ -122,8 +161,13 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   std::unordered_map<uint64_t, Pending> pending_;
   std::vector<Pending> held_;  // Block policy: waiting for the peer to come back.
   uint64_t next_seq_ = 1;
-  std::shared_ptr<FullResync> resync_;
+  std::shared_ptr<Resync> resync_;
   ResyncProgress resync_progress_;
+  uint64_t link_epoch_ = 0;  // Counts connections, so a clean cycle spans one link.
+  bool cleaning_ = false;
+  std::string sync_refusal_;
+  std::string last_sync_kind_;
+  uint64_t resynced_bytes_total_ = 0;
   std::unique_ptr<base::AsyncEvent> link_closed_;
   bool stopping_ = false;
   bool shutting_down_ = false;

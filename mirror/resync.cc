@@ -6,89 +6,167 @@ namespace mirror {
 
 using base::Status;
 
-FullResync::FullResync(Volume& volume, base::BufferPool& pool, SendWrite send_write,
-                       SendZero send_zero)
-    : volume_(volume),
+Resync::Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
+               base::BufferPool& pool, SendWrite send_write, SendZero send_zero,
+               uint64_t rate_bytes_per_s)
+    : io_(io),
+      volume_(volume),
+      intent_log_(intent_log),
       pool_(pool),
       send_write_(std::move(send_write)),
-      send_zero_(std::move(send_zero)) {}
+      send_zero_(std::move(send_zero)),
+      rate_bytes_per_s_(rate_bytes_per_s),
+      rate_timer_(io) {}
 
-void FullResync::Start(Finished finished) {
+void Resync::Start(Finished finished) {
   finished_ = std::move(finished);
-  progress_ = {volume_.size_bytes(), 0, true};
-  next_offset_ = 0;
+  progress_ = {intent_log_.marked_bytes(), 0, true};
+  started_ = std::chrono::steady_clock::now();
+  cursor_bytes_ = 0;
   Pump();
   MaybeFinish();
 }
 
-void FullResync::Cancel() {
+void Resync::Cancel() {
   cancelled_ = true;
+  rate_timer_.cancel();
   MaybeFinish();
 }
 
-void FullResync::Pump() {
-  while (!cancelled_ && !failed_ && !waiting_for_buffer_ && in_flight_ < kMaxInFlight &&
-         next_offset_ < progress_.total_bytes) {
-    const uint64_t offset = next_offset_;
-    const uint64_t length = std::min(kBlockBytes, progress_.total_bytes - offset);
-    next_offset_ += length;
+ResyncProgress Resync::progress() const {
+  ResyncProgress p = progress_;
+  const double elapsed_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  if (elapsed_s > 0 && p.done_bytes > 0) {
+    p.rate_bytes_per_s = static_cast<double>(p.done_bytes) / elapsed_s;
+    if (p.running && p.total_bytes > p.done_bytes) {
+      p.eta_s = static_cast<double>(p.total_bytes - p.done_bytes) / p.rate_bytes_per_s;
+    }
+  }
+  return p;
+}
+
+bool Resync::WaitForRate(uint64_t length_bytes) {
+  if (rate_bytes_per_s_ == 0) {
+    return false;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  const double allowed =
+      std::chrono::duration<double>(now - started_).count() * static_cast<double>(rate_bytes_per_s_);
+  // The first block always goes, so a rate below one block per second still makes progress.
+  if (issued_bytes_ == 0 || static_cast<double>(issued_bytes_ + length_bytes) <= allowed) {
+    return false;
+  }
+  const double wait_s =
+      (static_cast<double>(issued_bytes_ + length_bytes) - allowed) / rate_bytes_per_s_;
+  waiting_ = true;
+  rate_timer_.expires_after(std::chrono::microseconds(static_cast<int64_t>(wait_s * 1e6) + 1));
+  std::weak_ptr<Resync> weak = weak_from_this();
+  rate_timer_.async_wait([weak](const boost::system::error_code&) {
+    if (auto self = weak.lock()) {
+      self->waiting_ = false;
+      self->Pump();
+      self->MaybeFinish();
+    }
+  });
+  return true;
+}
+
+void Resync::Pump() {
+  while (!cancelled_ && !failed_ && !waiting_ && in_flight_ < kMaxInFlight) {
+    auto block = intent_log_.NextMarked(cursor_bytes_, kBlockBytes);
+    if (!block) {
+      return;
+    }
+    if (WaitForRate(block->length_bytes)) {
+      return;
+    }
+    const uint64_t offset = block->offset_bytes;
+    const uint64_t length = block->length_bytes;
+    cursor_bytes_ = offset + length;
+    issued_bytes_ += length;
     ++in_flight_;
     volume_.LockRange(offset, length, [this, offset, length](InflightRanges::Ticket ticket) {
-      if (cancelled_ || failed_) {
-        OnBlockDone(ticket, 0, PeerOutcome::kDegraded);
-        return;
-      }
-      auto extents = volume_.store().Allocation(offset, length);
-      if (extents.ok() && extents.value().size() == 1 && extents.value()[0].hole &&
-          extents.value()[0].length_bytes == length) {
-        send_zero_(offset, length, [this, ticket, length](PeerOutcome outcome) {
-          OnBlockDone(ticket, length, outcome);
-        });
-        return;
-      }
-      auto buffer = pool_.TryAcquire(length);
-      if (!buffer) {
-        // Budget spent by client I/O: retry this block shortly rather than grow memory.
-        spdlog::debug("resync: no buffer for {} bytes; will retry", length);
-        volume_.UnlockRange(ticket);
-        next_offset_ = std::min(next_offset_, offset);
-        --in_flight_;
-        waiting_for_buffer_ = true;
-        std::weak_ptr<FullResync> weak = weak_from_this();
-        pool_.NotifyOnRelease([weak] {
-          if (auto self = weak.lock()) {
-            self->waiting_for_buffer_ = false;
-            self->Pump();
-            self->MaybeFinish();
-          }
-        });
-        return;
-      }
-      auto holder = std::make_shared<base::Buffer>(std::move(*buffer));
-      Status st = volume_.store().Read(
-          offset, holder->span(), [this, holder, ticket, offset, length](Status read) {
-            if (!read.ok()) {
-              spdlog::error("resync: reading block at {} failed: {}", offset, read.ToString());
-              OnBlockDone(ticket, 0, PeerOutcome::kDegraded);
-              return;
-            }
-            send_write_(offset, holder->span(), [this, holder, ticket, length](PeerOutcome o) {
-              OnBlockDone(ticket, length, o);
-            });
-          });
-      if (!st.ok()) {
-        OnBlockDone(ticket, 0, PeerOutcome::kDegraded);
-      }
+      CopyBlock(offset, length, ticket);
     });
   }
 }
 
-void FullResync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes,
-                             PeerOutcome outcome) {
+void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket ticket) {
+  if (cancelled_ || failed_) {
+    OnBlockDone(ticket, 0, false);
+    return;
+  }
+  auto extents = volume_.store().Allocation(offset, length);
+  if (extents.ok() && extents.value().size() == 1 && extents.value()[0].hole &&
+      extents.value()[0].length_bytes == length) {
+    send_zero_(offset, length, [this, ticket, offset, length](PeerOutcome outcome) {
+      OnBlockSent(ticket, offset, length, outcome);
+    });
+    return;
+  }
+  auto buffer = pool_.TryAcquire(length);
+  if (!buffer) {
+    // Budget spent by client I/O: retry this block when a buffer comes back rather than grow
+    // memory. Its regions are still marked, so rewinding the cursor finds it again.
+    spdlog::debug("resync: no buffer for {} bytes; will retry", length);
+    volume_.UnlockRange(ticket);
+    cursor_bytes_ = std::min(cursor_bytes_, offset);
+    issued_bytes_ -= length;
+    --in_flight_;
+    waiting_ = true;
+    std::weak_ptr<Resync> weak = weak_from_this();
+    pool_.NotifyOnRelease([weak] {
+      if (auto self = weak.lock()) {
+        self->waiting_ = false;
+        self->Pump();
+        self->MaybeFinish();
+      }
+    });
+    return;
+  }
+  auto holder = std::make_shared<base::Buffer>(std::move(*buffer));
+  Status st = volume_.store().Read(
+      offset, holder->span(), [this, holder, ticket, offset, length](Status read) {
+        if (!read.ok()) {
+          spdlog::error("resync: reading block at {} failed: {}", offset, read.ToString());
+          OnBlockDone(ticket, 0, false);
+          return;
+        }
+        send_write_(offset, holder->span(),
+                    [this, holder, ticket, offset, length](PeerOutcome outcome) {
+                      OnBlockSent(ticket, offset, length, outcome);
+                    });
+      });
+  if (!st.ok()) {
+    OnBlockDone(ticket, 0, false);
+  }
+}
+
+void Resync::OnBlockSent(InflightRanges::Ticket ticket, uint64_t offset, uint64_t length,
+                         PeerOutcome outcome) {
+  if (outcome != PeerOutcome::kConfirmed) {
+    OnBlockDone(ticket, 0, false);
+    return;
+  }
+  // The peer has the block durably; the bits may go once our copy of it is durable too (in
+  // mode flush the client write that put it there may not have been synced yet).
+  volume_.group_commit().RequestDurable([this, ticket, offset, length](Status synced) {
+    if (!synced.ok()) {
+      OnBlockDone(ticket, 0, false);
+      return;
+    }
+    intent_log_.ClearRange(offset, length);
+    OnBlockDone(ticket, length, true);
+  });
+}
+
+void Resync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes, bool ok) {
   volume_.UnlockRange(ticket);
   --in_flight_;
-  if (outcome == PeerOutcome::kConfirmed && length_bytes > 0) {
+  if (ok) {
     progress_.done_bytes += length_bytes;
+    progress_.total_bytes = std::max(progress_.total_bytes, progress_.done_bytes);
   } else {
     failed_ = true;
   }
@@ -96,19 +174,20 @@ void FullResync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_byte
   MaybeFinish();
 }
 
-void FullResync::MaybeFinish() {
+void Resync::MaybeFinish() {
   if (!progress_.running || in_flight_ > 0) {
     return;
   }
-  const bool complete = progress_.done_bytes == progress_.total_bytes;
-  if (!complete && !failed_ && !cancelled_) {
-    return;
+  const bool more = intent_log_.NextMarked(cursor_bytes_, kBlockBytes).has_value();
+  if (more && !failed_ && !cancelled_) {
+    return;  // Waiting for a buffer or the rate limit.
   }
   progress_.running = false;
+  rate_timer_.cancel();
   if (finished_) {
     auto finished = std::move(finished_);
     finished_ = nullptr;
-    finished(complete && !failed_ && !cancelled_);
+    finished(!failed_ && !cancelled_);
   }
 }
 

@@ -9,7 +9,9 @@ using base::Status;
 // One client write between its range grant and its reply.
 struct Volume::PendingWrite {
   InflightRanges::Ticket ticket = 0;
+  uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
+  bool marked = false;       // The intent log holds this write's regions (Unmark when done).
   bool durable = false;      // Mode sync or FUA: durable on both sides before the reply.
   bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
@@ -21,8 +23,14 @@ struct Volume::PendingWrite {
   PeerCall peer;    // Starts the replication; unused without a peer.
 };
 
-Volume::Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode)
-    : io_(io), store_(store), peer_(peer), mode_(mode), group_commit_(io, store) {}
+Volume::Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode,
+               WriteIntentLog* intent_log)
+    : io_(io),
+      store_(store),
+      peer_(peer),
+      mode_(mode),
+      intent_log_(intent_log),
+      group_commit_(io, store) {}
 
 Status Volume::CheckRange(uint64_t offset_bytes, uint64_t length_bytes,
                           int past_end_errno) const {
@@ -104,6 +112,7 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
     return st;
   }
   auto write = std::make_shared<PendingWrite>();
+  write->offset_bytes = offset_bytes;
   write->length_bytes = length_bytes;
   write->durable = fua || mode_ == Mode::kSync;
   write->done = std::move(done);
@@ -112,14 +121,38 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   ++stats_.writes_in_flight;
   stats_.bytes_in_flight += length_bytes;
   // The grant may run later, from another write's completion; the write owns what it needs.
-  const bool granted =
-      ranges_.Acquire(offset_bytes, length_bytes, [this, write] { FanOut(write); }, write->ticket);
+  const bool granted = ranges_.Acquire(
+      offset_bytes, length_bytes, [this, write] { MarkIntent(write); }, write->ticket);
   if (!granted) {
     ++stats_.range_waits;
     return Status::Ok();
   }
-  FanOut(write);
+  MarkIntent(write);
   return Status::Ok();
+}
+
+void Volume::MarkIntent(const std::shared_ptr<PendingWrite>& write) {
+  if (intent_log_ == nullptr) {
+    FanOut(write);
+    return;
+  }
+  write->marked = true;
+  const bool ready =
+      intent_log_->Mark(write->offset_bytes, write->length_bytes, [this, write](Status st) {
+        if (st.ok()) {
+          FanOut(write);
+          return;
+        }
+        // Nothing was written anywhere: the write fails whole.
+        ++stats_.errors;
+        write->local_status = std::move(st);
+        write->local_done = true;
+        write->peer_done = true;
+        MaybeFinish(write);
+      });
+  if (ready) {
+    FanOut(write);
+  }
 }
 
 void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
@@ -166,6 +199,10 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   if (!write->local_done || !write->peer_done) {
     return;
   }
+  if (write->marked) {
+    intent_log_->Unmark(write->offset_bytes, write->length_bytes);
+  }
+  // Releasing may start a waiting write or resync block at once.
   ranges_.Release(write->ticket);
   --stats_.writes_in_flight;
   stats_.bytes_in_flight -= write->length_bytes;

@@ -8,18 +8,22 @@
 //                        the byte range. If an earlier write overlapping it is still in flight
 //                        (or waiting), this one waits, so overlapping writes reach both copies
 //                        in the same order and both end with the same last writer.
-//   2. kFannedOut        The range is held. The local write (io_uring) and the replication
-//                        message to the peer start together.
-//   3. kLocalWritten     The store reports the write done. GroupCommit counts it as completed.
+//   2. kMarking          The range is held. The write-intent log marks its regions; if any
+//                        was clear, the write waits until the bitmap page saying so is
+//                        durable (hot regions are already marked: no wait, no I/O).
+//   3. kFannedOut        The local write (io_uring) and the replication message to the peer
+//                        start together.
+//   4. kLocalWritten     The store reports the write done. GroupCommit counts it as completed.
 //                        If the write must be durable (mode sync, or FUA), a group-committed
 //                        datasync covering it starts now, while the peer is still working.
-//   4. kPeerConfirmed    The peer acknowledged: applied, and durable on its disk when the mode
+//   5. kPeerConfirmed    The peer acknowledged: applied, and durable on its disk when the mode
 //                        or FUA asks for it (the peer group-commits too). Or the link
 //                        answered kDegraded: the peer is gone and recorded as outdated.
-//   5. kReplied          Both sides are done: the range is released and the connection gets
-//                        `done`, which sends the NBD reply.
+//   6. kReplied          Both sides are done: the range is released, the intent log told the
+//                        write is over (its bits stay set until a clean cycle clears them),
+//                        and the connection gets `done`, which sends the NBD reply.
 //
-// A failed local write fails the request with EIO. A failed peer never fails a client's write.
+// A failed local write, or a bitmap that cannot be persisted, fails the request with EIO. A failed peer never fails a client's write.
 // FLUSH is a local group-committed datasync plus a Flush to the peer; it replies when both are
 // done, so every write replied to before it is durable on both hosts, whichever connection it
 // came from (this is what CAN_MULTI_CONN promises).
@@ -36,6 +40,7 @@
 #include "mirror/inflight_ranges.h"
 #include "mirror/local_store.h"
 #include "mirror/peer_link.h"
+#include "mirror/write_intent_log.h"
 #include "nbd-server/block_device.h"
 
 namespace mirror {
@@ -64,8 +69,10 @@ struct VolumeStats {
 
 class Volume final : public nbd::BlockDevice {
  public:
-  // `peer` may be null: a standalone volume.
-  Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode);
+  // `peer` may be null: a standalone volume. `intent_log` may be null: no dirty tracking (unit
+  // tests). Both are borrowed for the volume's life.
+  Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode,
+         WriteIntentLog* intent_log = nullptr);
 
   uint64_t size_bytes() const override { return store_.size_bytes(); }
 
@@ -102,6 +109,7 @@ class Volume final : public nbd::BlockDevice {
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
                       PeerCall peer, nbd::DoneCallback done);
+  void MarkIntent(const std::shared_ptr<PendingWrite>& write);
   void FanOut(const std::shared_ptr<PendingWrite>& write);
   void OnLocalWritten(const std::shared_ptr<PendingWrite>& write, base::Status status);
   void MaybeFinish(const std::shared_ptr<PendingWrite>& write);
@@ -111,6 +119,7 @@ class Volume final : public nbd::BlockDevice {
   LocalStore& store_;
   PeerLink* peer_;
   const Mode mode_;
+  WriteIntentLog* intent_log_;
   InflightRanges ranges_;
   GroupCommit group_commit_;
   VolumeStats stats_;

@@ -18,6 +18,7 @@ bool KnownType(uint16_t type) {
     case FrameType::kSyncPlan:
     case FrameType::kReady:
     case FrameType::kRefuse:
+    case FrameType::kBitmapRuns:
     case FrameType::kWrite:
     case FrameType::kZero:
     case FrameType::kFlush:
@@ -66,6 +67,8 @@ const char* FrameTypeName(FrameType type) {
       return "Ready";
     case FrameType::kRefuse:
       return "Refuse";
+    case FrameType::kBitmapRuns:
+      return "BitmapRuns";
     case FrameType::kWrite:
       return "Write";
     case FrameType::kZero:

@@ -29,6 +29,7 @@ enum class FrameType : uint16_t {
   kSyncPlan = 4,
   kReady = 5,
   kRefuse = 6,
+  kBitmapRuns = 7,
   kWrite = 10,
   kZero = 11,
   kFlush = 12,
@@ -38,7 +39,7 @@ enum class FrameType : uint16_t {
 };
 
 // Hello.protocol_version; both ends refuse any other.
-inline constexpr uint32_t kPeerProtocolVersion = 1;
+inline constexpr uint32_t kPeerProtocolVersion = 2;
 inline constexpr uint32_t kFrameMagic = 0x4e424d52;
 inline constexpr size_t kFrameHeaderBytes = 20;
 inline constexpr uint32_t kMaxMessageBytes = 64 * 1024;

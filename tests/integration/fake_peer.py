@@ -56,12 +56,12 @@ HEADER = struct.Struct(">IHHIII")  # magic, type, reserved, message_bytes, paylo
 assert HEADER.size == 20
 MAX_MESSAGE_BYTES = 64 * 1024
 
-AUTH_CHALLENGE, AUTH_RESPONSE, HELLO, SYNC_PLAN, READY, REFUSE = 1, 2, 3, 4, 5, 6
+AUTH_CHALLENGE, AUTH_RESPONSE, HELLO, SYNC_PLAN, READY, REFUSE, BITMAP_RUNS = 1, 2, 3, 4, 5, 6, 7
 WRITE, ZERO, FLUSH, ACK, RESYNC_DONE, HEARTBEAT = 10, 11, 12, 13, 14, 20
 NAMES = {1: "AuthChallenge", 2: "AuthResponse", 3: "Hello", 4: "SyncPlan", 5: "Ready",
-         6: "Refuse", 10: "Write", 11: "Zero", 12: "Flush", 13: "Ack", 14: "ResyncDone",
+         6: "Refuse", 7: "BitmapRuns", 10: "Write", 11: "Zero", 12: "Flush", 13: "Ack", 14: "ResyncDone",
          20: "Heartbeat"}
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 NONCE_BYTES = 32
 
 pb = None  # peer_pb2, imported from --pb-dir
@@ -225,7 +225,8 @@ def auth_as_acceptor(link, secret):
 
 def hello(args, **overrides):
     fields = dict(protocol_version=PROTOCOL_VERSION, node_id=args.node, role=pb.ROLE_PRIMARY,
-                  volume_uuid=args.uuid.encode(), size_bytes=args.size, disk=pb.DISK_UP_TO_DATE)
+                  volume_uuid=args.uuid.encode(), size_bytes=args.size, disk=pb.DISK_UP_TO_DATE,
+                  current_gen=args.gen, bitmap_gen=args.gen)
     fields.update(overrides)
     return pb.Hello(**fields)
 
@@ -245,14 +246,18 @@ def connect(args):
 
 
 def handshake_as_primary(link, args):
-    """Authenticates, says Hello as the configured primary, sends SyncPlan (no resync), and
-    waits for Ready: afterwards the standby applies what this link sends."""
+    """Authenticates, says Hello as the configured primary at the standby's own generation
+    (--gen), reads the standby's marked regions, sends SyncPlan (nothing to resync), and waits
+    for Ready: afterwards the standby applies what this link sends."""
     auth_as_dialer(link, args.secret)
     link.send_msg(HELLO, hello(args))
     theirs = link.expect(HELLO, pb.Hello)
     if theirs.role != pb.ROLE_SECONDARY or theirs.size_bytes != args.size:
         raise ValueError(f"unexpected Hello from the standby: {theirs}")
-    link.send_msg(SYNC_PLAN, pb.SyncPlan(volume_uuid=args.uuid.encode(), full_resync=False))
+    while not link.expect(BITMAP_RUNS, pb.BitmapRuns).last:
+        pass
+    link.send_msg(SYNC_PLAN, pb.SyncPlan(volume_uuid=args.uuid.encode(),
+                                         kind=pb.SyncPlan.KIND_NONE, target_gen=args.gen))
     link.expect(READY, pb.Ready)
 
 
@@ -473,6 +478,8 @@ def main():
     parser.add_argument("--role", default="secondary", choices=["primary", "secondary"])
     parser.add_argument("--uuid", default="", help="the volume identity (as in status)")
     parser.add_argument("--size", type=int, default=0, help="the volume size in bytes")
+    parser.add_argument("--gen", type=lambda text: int(text, 16), default=0,
+                        help="the generation to claim (hex, as current_gen in status)")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--data", help="good-write: the bytes to write")
     parser.add_argument("--timeout", type=float, default=10.0)

@@ -66,6 +66,7 @@ nm_status_is "$b" disk UpToDate || nm_fail "the standby is not UpToDate after pa
 cmp -n $((8 << 20)) "$NM_TMP/random.bin" "$b" || nm_fail "the standby lacks the paired data"
 uuid=$(nm_status_field "$b" volume_uuid)
 size=$(nm_status_field "$b" size_bytes)
+gen=$(nm_status_field "$b" current_gen)
 [[ -n $uuid && $size == $((64 << 20)) ]] || nm_fail "standby status: uuid '${uuid}', size '${size}'"
 nm_log "paired once: the standby is UpToDate with volume ${uuid}; the primary has stopped"
 
@@ -76,7 +77,8 @@ fake() {
   shift
   local out=$NM_TMP/fake-$case.out rc=0
   "$NM_PYTHON" "$here/fake_peer.py" --pb-dir "$pb_dir" --secret-file "$secret" \
-    --connect "$port_b" --uuid "$uuid" --size "$size" "$@" "$case" >"$out" 2>&1 || rc=$?
+    --connect "$port_b" --uuid "$uuid" --size "$size" --gen "$gen" "$@" "$case" >"$out" 2>&1 ||
+    rc=$?
   if ((rc != 0)); then
     cat "$out" >&2
     nm_fail "fake peer case '${case}': exit ${rc}: $(grep RESULT "$out" || true)"

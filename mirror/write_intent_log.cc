@@ -1,0 +1,354 @@
+#include "mirror/write_intent_log.h"
+
+#include <spdlog/spdlog.h>
+
+#include <bit>
+#include <cstring>
+
+#include "base/check.h"
+#include "mirror/metadata.h"
+
+namespace mirror {
+
+using base::Status;
+
+WriteIntentLog::WriteIntentLog(asio::io_context& io, LocalStore* meta_store,
+                               uint64_t volume_bytes, uint64_t region_bytes,
+                               std::vector<uint8_t> bits, bool enabled)
+    : io_(io),
+      meta_store_(meta_store),
+      volume_bytes_(volume_bytes),
+      region_bytes_(region_bytes),
+      region_count_(RegionCount(volume_bytes, region_bytes)),
+      enabled_(enabled),
+      bits_(std::move(bits)) {
+  CHECK(region_bytes_ > 0);
+  CHECK(bits_.size() == BitmapPageCount(region_count_) * kBitmapAreaBytes);
+  touched_.assign(bits_.size(), 0);
+  page_needs_round_.assign(bits_.size() / kBitmapAreaBytes, 0);
+  for (uint8_t byte : bits_) {
+    marked_regions_ += std::popcount(byte);
+  }
+}
+
+std::pair<uint64_t, uint64_t> WriteIntentLog::Regions(uint64_t offset_bytes,
+                                                      uint64_t length_bytes) const {
+  if (length_bytes == 0) {
+    return {0, 0};
+  }
+  const uint64_t first = offset_bytes / region_bytes_;
+  const uint64_t last = (offset_bytes + length_bytes - 1) / region_bytes_;
+  return {first, std::min(last + 1, region_count_)};
+}
+
+bool WriteIntentLog::Set(uint64_t region) {
+  uint8_t& byte = bits_[region / 8];
+  const uint8_t mask = static_cast<uint8_t>(1u << (region % 8));
+  if (byte & mask) {
+    return false;
+  }
+  byte |= mask;
+  ++marked_regions_;
+  return true;
+}
+
+void WriteIntentLog::Clear(uint64_t region) {
+  uint8_t& byte = bits_[region / 8];
+  const uint8_t mask = static_cast<uint8_t>(1u << (region % 8));
+  if (byte & mask) {
+    byte &= static_cast<uint8_t>(~mask);
+    --marked_regions_;
+    ++stats_.cleared_regions;
+    SchedulePage(region / kBitsPerPage);
+  }
+}
+
+void WriteIntentLog::SchedulePage(uint64_t page) { scheduled_pages_.insert(page); }
+
+uint64_t WriteIntentLog::marked_bytes() const {
+  const uint64_t regions = marked_regions();
+  if (regions == 0) {
+    return 0;
+  }
+  uint64_t bytes = regions * region_bytes_;
+  // The last region may be short.
+  if ((!enabled_ || Test(region_count_ - 1)) && volume_bytes_ % region_bytes_ != 0) {
+    bytes -= region_bytes_ - volume_bytes_ % region_bytes_;
+  }
+  return bytes;
+}
+
+bool WriteIntentLog::Mark(uint64_t offset_bytes, uint64_t length_bytes, StoreDone ready) {
+  if (!enabled_) {
+    return true;
+  }
+  ++stats_.marks;
+  auto [first, end] = Regions(offset_bytes, length_bytes);
+  uint64_t needs_round = 0;
+  for (uint64_t r = first; r < end; ++r) {
+    ++in_flight_[r];
+    touched_[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
+    const uint64_t page = r / kBitsPerPage;
+    if (Set(r)) {
+      SchedulePage(page);
+      page_needs_round_[page] = rounds_started_ + 1;
+    }
+    needs_round = std::max(needs_round, page_needs_round_[page]);
+  }
+  if (!failure_.ok()) {
+    asio::post(io_, [ready = std::move(ready), st = failure_] { ready(st); });
+    return false;
+  }
+  if (needs_round <= durable_round_) {
+    return true;
+  }
+  ++stats_.marks_waited;
+  waiters_[needs_round].push_back(std::move(ready));
+  if (!round_running_) {
+    StartRound();
+  }
+  return false;
+}
+
+void WriteIntentLog::Unmark(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!enabled_) {
+    return;
+  }
+  auto [first, end] = Regions(offset_bytes, length_bytes);
+  for (uint64_t r = first; r < end; ++r) {
+    auto it = in_flight_.find(r);
+    CHECK(it != in_flight_.end());
+    if (--it->second == 0) {
+      in_flight_.erase(it);
+    }
+  }
+}
+
+void WriteIntentLog::MarkRange(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!enabled_) {
+    return;
+  }
+  auto [first, end] = Regions(offset_bytes, length_bytes);
+  for (uint64_t r = first; r < end; ++r) {
+    if (Set(r)) {
+      SchedulePage(r / kBitsPerPage);
+      page_needs_round_[r / kBitsPerPage] = rounds_started_ + 1;
+    }
+  }
+}
+
+void WriteIntentLog::MarkAll() { MarkRange(0, volume_bytes_); }
+
+void WriteIntentLog::Persist(StoreDone done) {
+  if (!enabled_) {
+    asio::post(io_, [done = std::move(done)] { done(Status::Ok()); });
+    return;
+  }
+  if (!failure_.ok()) {
+    asio::post(io_, [done = std::move(done), st = failure_] { done(st); });
+    return;
+  }
+  // Whatever is scheduled now goes in the next round; if nothing is, the running round (if
+  // any) is the last that could hold changes made so far.
+  const uint64_t round = scheduled_pages_.empty() && !round_running_ ? durable_round_
+                         : scheduled_pages_.empty()                  ? rounds_started_
+                                                                     : rounds_started_ + 1;
+  if (round <= durable_round_) {
+    asio::post(io_, [done = std::move(done)] { done(Status::Ok()); });
+    return;
+  }
+  waiters_[round].push_back(std::move(done));
+  if (!round_running_) {
+    StartRound();
+  }
+}
+
+void WriteIntentLog::StartRound() {
+  CHECK(!round_running_);
+  if (scheduled_pages_.empty()) {
+    return;
+  }
+  round_running_ = true;
+  ++rounds_started_;
+  round_status_ = Status::Ok();
+  round_pages_.clear();
+  const std::set<uint64_t> pages = std::move(scheduled_pages_);
+  scheduled_pages_.clear();
+  round_writes_left_ = pages.size();
+  for (uint64_t page : pages) {
+    auto* raw = static_cast<std::byte*>(std::aligned_alloc(kBitmapPageBytes, kBitmapPageBytes));
+    CHECK(raw != nullptr);
+    round_pages_.emplace_back(raw);
+    std::span<std::byte> image(raw, kBitmapPageBytes);
+    EncodeBitmapPage(static_cast<uint32_t>(page),
+                     std::span<const uint8_t>(bits_).subspan(page * kBitmapAreaBytes,
+                                                             kBitmapAreaBytes),
+                     image);
+    ++stats_.page_writes;
+    Status st = meta_store_->Write(kBitmapOffsetBytes + page * kBitmapPageBytes, image,
+                                   [this](Status written) { OnRoundWritten(std::move(written)); });
+    if (!st.ok()) {
+      asio::post(io_, [this, st] { OnRoundWritten(st); });
+    }
+  }
+}
+
+void WriteIntentLog::OnRoundWritten(Status status) {
+  if (!status.ok() && round_status_.ok()) {
+    round_status_ = std::move(status);
+  }
+  if (--round_writes_left_ > 0) {
+    return;
+  }
+  if (!round_status_.ok()) {
+    OnRoundSynced(round_status_);
+    return;
+  }
+  ++stats_.datasyncs;
+  Status st = meta_store_->Datasync([this](Status synced) { OnRoundSynced(std::move(synced)); });
+  if (!st.ok()) {
+    asio::post(io_, [this, st] { OnRoundSynced(st); });
+  }
+}
+
+void WriteIntentLog::OnRoundSynced(Status status) {
+  round_running_ = false;
+  round_pages_.clear();
+  if (!status.ok()) {
+    Fail(Status::Error(EIO, "write-intent bitmap: " + status.ToString()));
+    return;
+  }
+  durable_round_ = rounds_started_;
+  // Waiters for this round and earlier ones.
+  std::vector<StoreDone> ready;
+  while (!waiters_.empty() && waiters_.begin()->first <= durable_round_) {
+    for (StoreDone& done : waiters_.begin()->second) {
+      ready.push_back(std::move(done));
+    }
+    waiters_.erase(waiters_.begin());
+  }
+  if (!scheduled_pages_.empty()) {
+    StartRound();
+  }
+  for (StoreDone& done : ready) {
+    done(Status::Ok());
+  }
+}
+
+void WriteIntentLog::Fail(Status status) {
+  if (failure_.ok()) {
+    spdlog::critical("{}; writes into unmarked regions now fail", status.ToString());
+    failure_ = status;
+  }
+  auto waiters = std::move(waiters_);
+  waiters_.clear();
+  for (auto& [round, list] : waiters) {
+    for (StoreDone& done : list) {
+      done(failure_);
+    }
+  }
+}
+
+uint64_t WriteIntentLog::BeginClean() {
+  ++clean_cycle_;
+  std::fill(touched_.begin(), touched_.end(), 0);
+  for (const auto& [region, count] : in_flight_) {
+    touched_[region / 8] |= static_cast<uint8_t>(1u << (region % 8));
+  }
+  return clean_cycle_;
+}
+
+uint64_t WriteIntentLog::FinishClean(uint64_t cycle) {
+  if (!enabled_ || cycle != clean_cycle_ || !failure_.ok()) {
+    return 0;
+  }
+  ++clean_cycle_;
+  uint64_t cleared = 0;
+  for (size_t i = 0; i < bits_.size(); ++i) {
+    const uint8_t clearable = bits_[i] & static_cast<uint8_t>(~touched_[i]);
+    if (clearable == 0) {
+      continue;
+    }
+    for (int b = 0; b < 8; ++b) {
+      if (clearable & (1u << b)) {
+        Clear(i * 8 + b);
+        ++cleared;
+      }
+    }
+  }
+  if (cleared > 0 && !round_running_) {
+    StartRound();
+  }
+  return cleared;
+}
+
+void WriteIntentLog::ClearRange(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!enabled_ || !failure_.ok()) {
+    return;
+  }
+  // Only regions wholly inside: a region the range only touches may hold other changes.
+  const uint64_t first = (offset_bytes + region_bytes_ - 1) / region_bytes_;
+  uint64_t end = (offset_bytes + length_bytes) / region_bytes_;
+  if (offset_bytes + length_bytes == volume_bytes_) {
+    end = region_count_;
+  }
+  for (uint64_t r = first; r < end; ++r) {
+    if (!in_flight_.contains(r)) {
+      Clear(r);
+    }
+  }
+  if (!round_running_) {
+    StartRound();
+  }
+}
+
+void WriteIntentLog::ClearAll(StoreDone done) {
+  if (enabled_ && failure_.ok()) {
+    for (uint64_t r = 0; r < region_count_; ++r) {
+      if (!in_flight_.contains(r)) {
+        Clear(r);
+      }
+    }
+  }
+  Persist(std::move(done));
+}
+
+std::optional<ByteRange> WriteIntentLog::NextMarked(uint64_t from_bytes,
+                                                    uint64_t max_bytes) const {
+  uint64_t r = from_bytes / region_bytes_;
+  if (from_bytes % region_bytes_ != 0) {
+    ++r;
+  }
+  if (enabled_) {
+    // Skip clear bytes quickly.
+    while (r < region_count_ && !Test(r)) {
+      if (r % 8 == 0 && bits_[r / 8] == 0) {
+        r += 8;
+      } else {
+        ++r;
+      }
+    }
+  }
+  if (r >= region_count_) {
+    return std::nullopt;
+  }
+  const uint64_t max_regions = std::max<uint64_t>(1, max_bytes / region_bytes_);
+  uint64_t end = r + 1;
+  while (end < region_count_ && end - r < max_regions && (!enabled_ || Test(end))) {
+    ++end;
+  }
+  const uint64_t offset = r * region_bytes_;
+  return ByteRange{offset, std::min(end * region_bytes_, volume_bytes_) - offset};
+}
+
+std::vector<ByteRange> WriteIntentLog::MarkedRuns() const {
+  std::vector<ByteRange> runs;
+  uint64_t from = 0;
+  while (auto run = NextMarked(from, volume_bytes_)) {
+    runs.push_back(*run);
+    from = run->offset_bytes + run->length_bytes;
+  }
+  return runs;
+}
+
+}  // namespace mirror
