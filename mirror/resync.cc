@@ -100,6 +100,8 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
   auto extents = volume_.store().Allocation(offset, length);
   if (extents.ok() && extents.value().size() == 1 && extents.value()[0].hole &&
       extents.value()[0].length_bytes == length) {
+    // A hole moves no data: it does not count against the rate limit.
+    issued_bytes_ -= length;
     send_zero_(offset, length, [this, ticket, offset, length](PeerOutcome outcome) {
       OnBlockSent(ticket, offset, length, outcome);
     });

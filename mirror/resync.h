@@ -11,7 +11,8 @@
 // the bitmap before the range lock is released. So an interrupted resync resumes where it
 // stopped: the regions still marked are exactly those left to copy (plus any written meanwhile).
 //
-// `rate_bytes_per_s` (0: unlimited) bounds the average copy rate from the start of the resync.
+// `rate_bytes_per_s` (0: unlimited) bounds the average rate of data blocks from the start of the
+// resync (holes sent as Zero move no data and do not count).
 //
 // When every block is done the caller sends ResyncDone. Owned by shared_ptr (a buffer-pool or
 // timer wake-up may outlive the owner's interest). Loop thread only. Cancel() stops issuing
