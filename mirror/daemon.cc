@@ -260,6 +260,20 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("resync_rate_bytes_per_s", static_cast<uint64_t>(p.rate_bytes_per_s));
     num("resync_eta_s", static_cast<uint64_t>(p.eta_s + 0.5));
     num("resynced_bytes_total", r.resynced_bytes_total() + (p.running ? p.done_bytes : 0));
+    if (const VerifyProgress* v = r.verify()) {
+      fields.push_back({"verify_running", v->running ? "true" : "false", false});
+      fields.push_back({"verify_finished", v->finished ? "true" : "false", false});
+      num("verify_done_bytes", v->done_bytes);
+      num("verify_total_bytes", v->total_bytes);
+      num("verify_differing_bytes", v->differing_bytes);
+      std::string ranges;
+      for (const ByteRange& range : v->differing) {
+        ranges += (ranges.empty() ? "" : ",") + std::to_string(range.offset_bytes) + "+" +
+                  std::to_string(range.length_bytes);
+      }
+      text("verify_differing_ranges", ranges);
+      text("verify_error", v->error);
+    }
   } else if (node.applier) {
     connection = node.applier->attached() ? "connected" : "connecting";
     peer_disk = node.applier->attached() ? "UpToDate" : "Unknown";
@@ -511,6 +525,15 @@ Status RunDaemon(const DaemonOptions& options) {
   node.control = std::make_unique<ControlServer>(
       node.io, std::map<std::string, ControlServer::Command>{
                    {"status", [&node] { return StatusJson(node); }},
+                   {"verify",
+                    [&node]() -> std::string {
+                      if (!node.replicator) {
+                        return "{\"error\": \"verify runs on a primary with a peer\"}";
+                      }
+                      Status st = node.replicator->StartVerify();
+                      return st.ok() ? "{\"started\": true}"
+                                     : "{\"error\": " + JsonString(st.message()) + "}";
+                    }},
                    {"status-text", [&node] { return StatusText(node); }}});
   if (Status st = node.control->Listen(control_path); !st.ok()) {
     return st;

@@ -5,7 +5,10 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <iostream>
 
 #include "base/endpoint.h"
@@ -112,6 +115,92 @@ int ShowStatus(const std::string& control, const std::string& volume, bool json)
   return 0;
 }
 
+// The value of `key` in a flat JSON object as the control socket writes it (strings unescaped
+// only as far as \" and \\); empty if absent.
+std::string JsonField(const std::string& json, const std::string& key) {
+  const std::string needle = "\"" + key + "\": ";
+  const size_t at = json.find(needle);
+  if (at == std::string::npos) {
+    return "";
+  }
+  size_t i = at + needle.size();
+  std::string out;
+  if (i < json.size() && json[i] == '"') {
+    for (++i; i < json.size() && json[i] != '"'; ++i) {
+      if (json[i] == '\\' && i + 1 < json.size()) {
+        ++i;
+      }
+      out += json[i];
+    }
+    return out;
+  }
+  while (i < json.size() && json[i] != ',' && json[i] != '}') {
+    out += json[i++];
+  }
+  return out;
+}
+
+// `nbdmirror verify`: starts an online verify on the primary and follows it to the end.
+// Exit status: 0 the copies are identical, 1 some blocks differ (marked and being resynced),
+// 2 the verify could not run or stopped early.
+int RunVerify(const std::string& control, const std::string& volume) {
+  std::string path = control.empty() ? mirror::DefaultControlPath(volume) : control;
+  if (path.rfind("unix:", 0) == 0) {
+    path = path.substr(5);
+  }
+  auto started = mirror::QueryControlSocket(path, "verify");
+  if (!started.ok()) {
+    std::fprintf(stderr, "nbdmirror verify: %s\n", started.status().ToString().c_str());
+    return 2;
+  }
+  if (const std::string error = JsonField(started.value(), "error"); !error.empty()) {
+    std::fprintf(stderr, "nbdmirror verify: %s\n", error.c_str());
+    return 2;
+  }
+  std::string last_line;
+  while (true) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto status = mirror::QueryControlSocket(path, "status");
+    if (!status.ok()) {
+      std::fprintf(stderr, "nbdmirror verify: lost the daemon: %s\n",
+                   status.status().ToString().c_str());
+      return 2;
+    }
+    const std::string& json = status.value();
+    const uint64_t done = std::strtoull(JsonField(json, "verify_done_bytes").c_str(), nullptr, 10);
+    const uint64_t total =
+        std::strtoull(JsonField(json, "verify_total_bytes").c_str(), nullptr, 10);
+    const uint64_t differing =
+        std::strtoull(JsonField(json, "verify_differing_bytes").c_str(), nullptr, 10);
+    char line[160];
+    std::snprintf(line, sizeof(line), "verify: %llu of %llu MiB compared, %llu bytes differ",
+                  static_cast<unsigned long long>(done >> 20),
+                  static_cast<unsigned long long>(total >> 20),
+                  static_cast<unsigned long long>(differing));
+    if (line != last_line) {
+      std::printf("%s\n", line);
+      std::fflush(stdout);
+      last_line = line;
+    }
+    if (JsonField(json, "verify_finished") != "true") {
+      continue;
+    }
+    if (const std::string error = JsonField(json, "verify_error"); !error.empty()) {
+      std::printf("verify stopped early: %s\n", error.c_str());
+      return 2;
+    }
+    if (differing == 0) {
+      std::printf("verify: the copies are identical\n");
+      return 0;
+    }
+    std::printf("verify: differing ranges (offset+length): %s\n",
+                JsonField(json, "verify_differing_ranges").c_str());
+    std::printf("verify: %llu bytes differ; they are marked and being resynchronised\n",
+                static_cast<unsigned long long>(differing));
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -190,6 +279,15 @@ int main(int argc, char** argv) {
   status->add_option("--volume", status_volume, "find the control socket from the volume path");
   status->add_flag("--json", status_json, "machine-readable output (keys documented in README)");
 
+  std::string verify_control;
+  std::string verify_volume;
+  CLI::App* verify = app.add_subcommand(
+      "verify",
+      "on a running primary: compare both copies online by block digests, report the ranges "
+      "that differ and resynchronise them (exit 0 identical, 1 differences found, 2 error)");
+  verify->add_option("--control", verify_control, "the primary's control socket");
+  verify->add_option("--volume", verify_volume, "find the control socket from the volume path");
+
   std::string discard_volume;
   std::string discard_metadata;
   CLI::App* discard = app.add_subcommand(
@@ -216,6 +314,13 @@ int main(int argc, char** argv) {
 
   if (*status) {
     return ShowStatus(status_control, status_volume, status_json);
+  }
+  if (*verify) {
+    if (verify_control.empty() && verify_volume.empty()) {
+      std::fprintf(stderr, "verify needs --control unix:PATH or --volume FILE\n");
+      return 2;
+    }
+    return RunVerify(verify_control, verify_volume);
   }
   if (*discard) {
     base::Status st = mirror::DiscardChanges(discard_volume, discard_metadata);

@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
+
+#include "base/check.h"
+#include "base/sha256.h"
 #include "transport/peer.pb.h"
 
 namespace mirror {
@@ -51,6 +55,9 @@ void ReplicaApplier::OnFrame(transport::Frame frame) {
       return;
     case FrameType::kResyncDone:
       ApplyFlush(frame, /*resync_done=*/true);
+      return;
+    case FrameType::kDigestRequest:
+      ApplyDigestRequest(frame);
       return;
     default:
       Reject(std::string("unexpected ") + transport::FrameTypeName(frame.type));
@@ -199,7 +206,53 @@ void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, St
   });
 }
 
-void ReplicaApplier::SendAck(const WeakLink& link, uint64_t seq, const Status& status) {
+void ReplicaApplier::ApplyDigestRequest(const transport::Frame& frame) {
+  pb::DigestRequest request;
+  if (!frame.Parse(request)) {
+    Reject("DigestRequest does not parse");
+    return;
+  }
+  const uint64_t size = store_.size_bytes();
+  const uint64_t offset = request.offset_bytes();
+  const uint64_t length = request.length_bytes();
+  if (length == 0 || length > transport::kMaxDigestRangeBytes || offset > size ||
+      length > size - offset) {
+    Reject("DigestRequest for " + std::to_string(offset) + "+" + std::to_string(length) +
+           " is empty, too long or past the end of the volume");
+    return;
+  }
+  // The primary keeps a few of these in flight; more is a protocol violation, not a reason to
+  // grow memory.
+  if (digest_reads_in_flight_ >= kMaxDigestReads) {
+    Reject("more than " + std::to_string(kMaxDigestReads) + " DigestRequests in flight");
+    return;
+  }
+  WeakLink link = link_;
+  const uint64_t seq = request.seq();
+  // Its own aligned memory rather than the payload pool: a pool drained by incoming writes must
+  // not turn a verify into a failed link.
+  std::shared_ptr<std::byte> memory(
+      static_cast<std::byte*>(std::aligned_alloc(4096, (length + 4095) / 4096 * 4096)),
+      [](std::byte* p) { std::free(p); });
+  CHECK(memory != nullptr);
+  std::span<std::byte> span(memory.get(), length);
+  ++stats_.ops_in_flight;
+  ++digest_reads_in_flight_;
+  Status st = store_.Read(offset, span, [this, link, seq, memory, span](Status read) {
+    --stats_.ops_in_flight;
+    --digest_reads_in_flight_;
+    SendAck(link, seq, read, read.ok() ? base::Sha256(span) : std::string());
+    idle_event_.Notify();
+  });
+  if (!st.ok()) {
+    --stats_.ops_in_flight;
+    --digest_reads_in_flight_;
+    SendAck(link, seq, st);
+  }
+}
+
+void ReplicaApplier::SendAck(const WeakLink& link, uint64_t seq, const Status& status,
+                             const std::string& digest) {
   auto live = link.lock();
   if (!live || live->closed()) {
     return;
@@ -207,6 +260,9 @@ void ReplicaApplier::SendAck(const WeakLink& link, uint64_t seq, const Status& s
   pb::Ack ack;
   ack.set_seq(seq);
   ack.set_error(status.errno_value());
+  if (!digest.empty()) {
+    ack.set_digest(digest);
+  }
   live->Send(FrameType::kAck, ack);
 }
 

@@ -5,6 +5,8 @@
 // FUA, Flush). Writes are applied concurrently: the primary never has two overlapping writes in
 // flight.
 //
+// DigestRequest (online verify): the range is read and its SHA-256 sent back in the Ack.
+//
 // Every received operation is validated first (range inside the volume, payload length equal to
 // the declared length); anything invalid drops the link and nothing of it is written.
 //
@@ -59,8 +61,10 @@ class ReplicaApplier final : public transport::FrameHandler {
   void ApplyZero(const transport::Frame& frame);
   void ApplyFlush(const transport::Frame& frame, bool resync_done);
   void FinishResync(const WeakLink& link, uint64_t seq, uint64_t current_gen);
+  void ApplyDigestRequest(const transport::Frame& frame);
   void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status);
-  void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status);
+  void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status,
+               const std::string& digest = {});
   void Reject(const std::string& why);
 
   asio::io_context& io_;
@@ -68,6 +72,8 @@ class ReplicaApplier final : public transport::FrameHandler {
   MetadataFile& metadata_;
   WriteIntentLog& intent_log_;
   GroupCommit group_commit_;
+  static constexpr int kMaxDigestReads = 8;
+  int digest_reads_in_flight_ = 0;
   std::shared_ptr<transport::PeerConnection> link_;
   std::string primary_node_id_;
   ApplierStats stats_;

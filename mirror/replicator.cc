@@ -421,18 +421,19 @@ void Replicator::OnResyncFinished(bool complete) {
       /*resync=*/true);
 }
 
-void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync) {
+void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync,
+                            std::shared_ptr<std::string> digest) {
   if (Streaming()) {
     const uint64_t seq = NextSeq();
     send(seq);
-    pending_.emplace(seq, Pending{std::move(send), std::move(done), resync});
+    pending_.emplace(seq, Pending{std::move(send), std::move(done), resync, std::move(digest)});
     return;
   }
   if (resync) {
     asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
     return;
   }
-  CompleteUnreplicated(Pending{std::move(send), std::move(done), false});
+  CompleteUnreplicated(Pending{std::move(send), std::move(done), false, nullptr});
 }
 
 void Replicator::CompleteUnreplicated(Pending op) {
@@ -522,6 +523,9 @@ void Replicator::OnFrame(transport::Frame frame) {
                                                 std::to_string(ack.seq())));
     return;
   }
+  if (it->second.digest) {
+    *it->second.digest = ack.digest();
+  }
   PeerDone done = std::move(it->second.done);
   pending_.erase(it);
   done(PeerOutcome::kConfirmed);
@@ -567,8 +571,10 @@ asio::awaitable<void> Replicator::CleanLoop() {
     if (stopping_) {
       break;
     }
+    // Not while a verify runs: the blocks it marks must survive until the resync after it.
     if (Streaming() && peer_disk_ == DiskState::kUpToDate && intent_log_.enabled() &&
-        intent_log_.marked_regions() > 0 && !(resync_ && resync_->progress().running)) {
+        intent_log_.marked_regions() > 0 && !(resync_ && resync_->progress().running) &&
+        !(verifier_ && verifier_->progress().running)) {
       co_await CleanOnce();
     }
   }
@@ -602,6 +608,55 @@ asio::awaitable<void> Replicator::CleanOnce() {
   } else {
     intent_log_.AbortClean();
   }
+}
+
+}  // namespace mirror
+
+namespace mirror {
+
+Status Replicator::StartVerify() {
+  if (!Streaming() || peer_disk_ != DiskState::kUpToDate) {
+    return Status::Error(ENOTCONN, "verify needs the peer connected and UpToDate (connection " +
+                                       std::string(ConnectionStateName(connection_)) +
+                                       ", peer disk " + DiskStateName(peer_disk_) + ")");
+  }
+  if ((resync_ && resync_->progress().running) || (verifier_ && verifier_->progress().running)) {
+    return Status::Error(EBUSY, "a resync or verify is already running");
+  }
+  verifier_ = std::make_shared<Verifier>(
+      *volume_, intent_log_, pool_,
+      [this](uint64_t offset, uint64_t length, Verifier::DigestDone done) {
+        auto digest = std::make_shared<std::string>();
+        SendOrHold(
+            [this, offset, length](uint64_t seq) {
+              pb::DigestRequest request;
+              request.set_seq(seq);
+              request.set_offset_bytes(offset);
+              request.set_length_bytes(static_cast<uint32_t>(length));
+              link_->Send(FrameType::kDigestRequest, request);
+            },
+            [digest, done = std::move(done)](PeerOutcome outcome) { done(outcome, *digest); },
+            /*resync=*/true, digest);
+      });
+  spdlog::info("verify against {}: comparing {} bytes by block digests", options_.peer_node_id,
+               volume_->size_bytes());
+  verifier_->Start([this](const VerifyProgress& result) { OnVerifyFinished(result); });
+  return Status::Ok();
+}
+
+void Replicator::OnVerifyFinished(const VerifyProgress& result) {
+  if (!result.error.empty()) {
+    spdlog::warn("verify against {} stopped at {} of {} bytes: {}", options_.peer_node_id,
+                 result.done_bytes, result.total_bytes, result.error);
+  } else {
+    spdlog::info("verify against {} done: {} bytes differ", options_.peer_node_id,
+                 result.differing_bytes);
+  }
+  if (result.differing_bytes == 0 || !Streaming()) {
+    return;  // Marks made before a lost link are resynced when the peer returns.
+  }
+  MarkPeerDisk(DiskState::kInconsistent);
+  StartResync();
 }
 
 }  // namespace mirror

@@ -46,6 +46,7 @@
 #include "mirror/metadata.h"
 #include "mirror/peer_link.h"
 #include "mirror/resync.h"
+#include "mirror/verifier.h"
 #include "mirror/volume.h"
 #include "mirror/write_intent_log.h"
 #include "transport/peer_connection.h"
@@ -100,6 +101,13 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   void OnFrame(transport::Frame frame) override;
   void OnClosed(const base::Status& why) override;
 
+  // Online verify (`nbdmirror verify`): compares both copies block by block by digest; differing
+  // blocks are marked and resynchronised. Refused unless connected with the peer UpToDate and
+  // no resync or verify running.
+  base::Status StartVerify();
+  // The running or last verify; null before the first.
+  const VerifyProgress* verify() const { return verifier_ ? &verifier_->progress() : nullptr; }
+
   ConnectionState connection() const { return connection_; }
   DiskState peer_disk() const { return peer_disk_; }
   ResyncProgress resync() const;
@@ -122,7 +130,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   struct Pending {
     SendFn send;
     PeerDone done;
-    bool resync = false;
+    bool resync = false;  // Resync, verify and clean traffic: never held, never degrades a write.
+    std::shared_ptr<std::string> digest;  // A DigestRequest's answer lands here.
   };
 
   asio::awaitable<void> DialLoop();
@@ -140,7 +149,9 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   asio::awaitable<void> CleanOnce();
   uint64_t NextSeq() { return next_seq_++; }
   bool Streaming() const { return link_ != nullptr && connection_ == ConnectionState::kConnected; }
-  void SendOrHold(SendFn send, PeerDone done, bool resync);
+  void SendOrHold(SendFn send, PeerDone done, bool resync,
+                  std::shared_ptr<std::string> digest = nullptr);
+  void OnVerifyFinished(const VerifyProgress& result);
   void CompleteUnreplicated(Pending op);
   void MarkPeerDisk(DiskState state);
   // The first write without the peer: a new current generation, the peer Outdated, durably.
@@ -162,6 +173,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   std::vector<Pending> held_;  // Block policy: waiting for the peer to come back.
   uint64_t next_seq_ = 1;
   std::shared_ptr<Resync> resync_;
+  std::shared_ptr<Verifier> verifier_;
   ResyncProgress resync_progress_;
   uint64_t link_epoch_ = 0;  // Counts connections, so a clean cycle spans one link.
   bool cleaning_ = false;

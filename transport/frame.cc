@@ -24,6 +24,7 @@ bool KnownType(uint16_t type) {
     case FrameType::kFlush:
     case FrameType::kAck:
     case FrameType::kResyncDone:
+    case FrameType::kDigestRequest:
     case FrameType::kHeartbeat:
       return true;
   }
@@ -79,6 +80,8 @@ const char* FrameTypeName(FrameType type) {
       return "Ack";
     case FrameType::kResyncDone:
       return "ResyncDone";
+    case FrameType::kDigestRequest:
+      return "DigestRequest";
     case FrameType::kHeartbeat:
       return "Heartbeat";
   }

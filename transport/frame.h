@@ -35,6 +35,7 @@ enum class FrameType : uint16_t {
   kFlush = 12,
   kAck = 13,
   kResyncDone = 14,
+  kDigestRequest = 15,
   kHeartbeat = 20,
 };
 
@@ -44,6 +45,7 @@ inline constexpr uint32_t kFrameMagic = 0x4e424d52;
 inline constexpr size_t kFrameHeaderBytes = 20;
 inline constexpr uint32_t kMaxMessageBytes = 64 * 1024;
 inline constexpr uint32_t kMaxPayloadBytes = 32u << 20;
+inline constexpr uint32_t kMaxDigestRangeBytes = 1u << 20;
 
 struct FrameHeader {
   FrameType type = FrameType::kHeartbeat;
