@@ -359,7 +359,6 @@ void Replicator::StartResync() {
               write.set_seq(seq);
               write.set_offset_bytes(offset);
               write.set_length_bytes(static_cast<uint32_t>(data.size()));
-              write.set_durable(true);
               write.set_resync(true);
               link_->Send(FrameType::kWrite, write, data);
             },
@@ -372,9 +371,17 @@ void Replicator::StartResync() {
               zero.set_seq(seq);
               zero.set_offset_bytes(offset);
               zero.set_length_bytes(length);
-              zero.set_durable(true);
               zero.set_may_punch_hole(true);
               link_->Send(FrameType::kZero, zero);
+            },
+            std::move(done), /*resync=*/true);
+      },
+      [this](PeerDone done) {
+        SendOrHold(
+            [this](uint64_t seq) {
+              pb::Flush flush;
+              flush.set_seq(seq);
+              link_->Send(FrameType::kFlush, flush);
             },
             std::move(done), /*resync=*/true);
       },
@@ -565,24 +572,28 @@ namespace mirror {
 asio::awaitable<void> Replicator::CleanLoop() {
   asio::steady_timer timer(io_);
   while (!stopping_) {
+    // A cycle spans a whole interval: only regions no write touched during it may be cleared,
+    // so regions written at least once an interval stay marked and cost no metadata I/O.
+    const uint64_t epoch = link_epoch_;
+    const uint64_t cycle = intent_log_.BeginClean();
     timer.expires_after(options_.clean_interval);
     boost::system::error_code ec;
     co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopping_) {
       break;
     }
-    // Not while a verify runs: the blocks it marks must survive until the resync after it.
-    if (Streaming() && peer_disk_ == DiskState::kUpToDate && intent_log_.enabled() &&
-        intent_log_.marked_regions() > 0 && !(resync_ && resync_->progress().running) &&
+    // Not while a resync or verify runs: the blocks they mark must survive until copied.
+    if (epoch == link_epoch_ && Streaming() && peer_disk_ == DiskState::kUpToDate &&
+        intent_log_.enabled() && intent_log_.marked_regions() > 0 &&
+        !(resync_ && resync_->progress().running) &&
         !(verifier_ && verifier_->progress().running)) {
-      co_await CleanOnce();
+      co_await CleanOnce(cycle);
     }
   }
 }
 
-asio::awaitable<void> Replicator::CleanOnce() {
+asio::awaitable<void> Replicator::CleanOnce(uint64_t cycle) {
   const uint64_t epoch = link_epoch_;
-  const uint64_t cycle = intent_log_.BeginClean();
   // Each flush covers every write completed before it started; writes after BeginClean mark
   // their regions touched, so they are not cleared this cycle.
   Status local = co_await AwaitDone(

@@ -8,13 +8,14 @@ using base::Status;
 
 Resync::Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
                base::BufferPool& pool, SendWrite send_write, SendZero send_zero,
-               uint64_t rate_bytes_per_s)
+               SendFlush send_flush, uint64_t rate_bytes_per_s)
     : io_(io),
       volume_(volume),
       intent_log_(intent_log),
       pool_(pool),
       send_write_(std::move(send_write)),
       send_zero_(std::move(send_zero)),
+      send_flush_(std::move(send_flush)),
       rate_bytes_per_s_(rate_bytes_per_s),
       rate_timer_(io) {}
 
@@ -35,8 +36,8 @@ void Resync::Cancel() {
 
 ResyncProgress Resync::progress() const {
   ResyncProgress p = progress_;
-  const double elapsed_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  const auto end = progress_.running ? std::chrono::steady_clock::now() : finished_at_;
+  const double elapsed_s = std::chrono::duration<double>(end - started_).count();
   if (elapsed_s > 0 && p.done_bytes > 0) {
     p.rate_bytes_per_s = static_cast<double>(p.done_bytes) / elapsed_s;
     if (p.running && p.total_bytes > p.done_bytes) {
@@ -73,7 +74,8 @@ bool Resync::WaitForRate(uint64_t length_bytes) {
 }
 
 void Resync::Pump() {
-  while (!cancelled_ && !failed_ && !waiting_ && in_flight_ < kMaxInFlight) {
+  while (!cancelled_ && !failed_ && !waiting_ && in_flight_ < kMaxInFlight &&
+         copying_ < kMaxCopying) {
     auto block = intent_log_.NextMarked(cursor_bytes_, kBlockBytes);
     if (!block) {
       return;
@@ -86,6 +88,7 @@ void Resync::Pump() {
     cursor_bytes_ = offset + length;
     issued_bytes_ += length;
     ++in_flight_;
+    ++copying_;
     volume_.LockRange(offset, length, [this, offset, length](InflightRanges::Ticket ticket) {
       CopyBlock(offset, length, ticket);
     });
@@ -94,6 +97,7 @@ void Resync::Pump() {
 
 void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket ticket) {
   if (cancelled_ || failed_) {
+    --copying_;
     OnBlockDone(ticket, 0, false);
     return;
   }
@@ -102,6 +106,7 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
       extents.value()[0].length_bytes == length) {
     // A hole moves no data: it does not count against the rate limit.
     issued_bytes_ -= length;
+    ++on_wire_;
     send_zero_(offset, length, [this, ticket, offset, length](PeerOutcome outcome) {
       OnBlockSent(ticket, offset, length, outcome);
     });
@@ -116,6 +121,7 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
     cursor_bytes_ = std::min(cursor_bytes_, offset);
     issued_bytes_ -= length;
     --in_flight_;
+    --copying_;
     waiting_ = true;
     std::weak_ptr<Resync> weak = weak_from_this();
     pool_.NotifyOnRelease([weak] {
@@ -132,35 +138,77 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
       offset, holder->span(), [this, holder, ticket, offset, length](Status read) {
         if (!read.ok()) {
           spdlog::error("resync: reading block at {} failed: {}", offset, read.ToString());
+          --copying_;
           OnBlockDone(ticket, 0, false);
           return;
         }
+        ++on_wire_;
         send_write_(offset, holder->span(),
                     [this, holder, ticket, offset, length](PeerOutcome outcome) {
                       OnBlockSent(ticket, offset, length, outcome);
                     });
       });
   if (!st.ok()) {
+    --copying_;
     OnBlockDone(ticket, 0, false);
   }
 }
 
 void Resync::OnBlockSent(InflightRanges::Ticket ticket, uint64_t offset, uint64_t length,
                          PeerOutcome outcome) {
+  --on_wire_;
+  --copying_;
   if (outcome != PeerOutcome::kConfirmed) {
     OnBlockDone(ticket, 0, false);
     return;
   }
-  // The peer has the block durably; the bits may go once our copy of it is durable too (in
-  // mode flush the client write that put it there may not have been synced yet).
-  volume_.group_commit().RequestDurable([this, ticket, offset, length](Status synced) {
-    if (!synced.ok()) {
-      OnBlockDone(ticket, 0, false);
-      return;
+  awaiting_flush_.push_back({ticket, offset, length});
+  awaiting_bytes_ += length;
+  Pump();  // A copying slot is free.
+  MaybeFlush();
+}
+
+void Resync::MaybeFlush() {
+  if (!flushing_.empty() || awaiting_flush_.empty()) {
+    return;
+  }
+  // Batch while more confirmations are coming and slots remain; flush once the batch is big,
+  // nothing else is on the wire, or every slot waits for a flush.
+  if (awaiting_bytes_ < kFlushBatchBytes && copying_ > 0 && in_flight_ < kMaxInFlight) {
+    return;
+  }
+  flushing_ = std::move(awaiting_flush_);
+  awaiting_flush_.clear();
+  awaiting_bytes_ = 0;
+  flush_parts_left_ = 2;
+  flush_ok_ = true;
+  // The peer's Flush covers every block it acknowledged before it; the local datasync covers
+  // the data we read (in mode flush the client write that put it there may not be synced yet).
+  send_flush_([this](PeerOutcome outcome) {
+    flush_ok_ = flush_ok_ && outcome == PeerOutcome::kConfirmed;
+    if (--flush_parts_left_ == 0) {
+      OnBatchDurable(flush_ok_);
     }
-    intent_log_.ClearRange(offset, length);
-    OnBlockDone(ticket, length, true);
   });
+  volume_.group_commit().RequestDurable([this](Status synced) {
+    flush_ok_ = flush_ok_ && synced.ok();
+    if (--flush_parts_left_ == 0) {
+      OnBatchDurable(flush_ok_);
+    }
+  });
+}
+
+void Resync::OnBatchDurable(bool ok) {
+  auto batch = std::move(flushing_);
+  flushing_.clear();
+  for (const Confirmed& block : batch) {
+    if (ok) {
+      // Still under the block's range lock: no client write can have touched it since it was
+      // read, so the copies are identical and durable there.
+      intent_log_.ClearRange(block.offset_bytes, block.length_bytes);
+    }
+    OnBlockDone(block.ticket, ok ? block.length_bytes : 0, ok);
+  }
 }
 
 void Resync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes, bool ok) {
@@ -173,6 +221,7 @@ void Resync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes, b
     failed_ = true;
   }
   Pump();
+  MaybeFlush();
   MaybeFinish();
 }
 
@@ -185,6 +234,7 @@ void Resync::MaybeFinish() {
     return;  // Waiting for a buffer or the rate limit.
   }
   progress_.running = false;
+  finished_at_ = std::chrono::steady_clock::now();
   rate_timer_.cancel();
   if (finished_) {
     auto finished = std::move(finished_);
