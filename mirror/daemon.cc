@@ -360,6 +360,7 @@ Status StartPrimary(Node& node, bool peer_known_good) {
     r.on_peer_loss = o.on_peer_loss == "block" ? PeerLossPolicy::kBlock : PeerLossPolicy::kDegrade;
     r.skip_initial_sync = o.skip_initial_sync;
     r.resync_rate_bytes_per_s = o.resync_rate_bytes_per_s;
+    r.clean_interval = o.bitmap_clean_interval;
     node.replicator = std::make_unique<Replicator>(node.io, r, *node.metadata, *node.intent_log,
                                                    *node.pool, peer_known_good);
   }

@@ -50,6 +50,7 @@ struct DaemonOptions {
   uint64_t bitmap_region_bytes = 0;  // 0: 64 KiB for a new volume, the recorded one otherwise.
   bool write_intent_bitmap = true;   // false: every resync after an outage is full (benchmarks).
   uint64_t resync_rate_bytes_per_s = 0;  // 0: unlimited.
+  std::chrono::milliseconds bitmap_clean_interval{5000};
 };
 
 // Runs until a signal stops it. Returns OK after a clean drain and final datasync.

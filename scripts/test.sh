@@ -37,7 +37,7 @@ echo "=== sanitizer build (address,undefined)"
   -DNBDMIRROR_SANITIZE=address,undefined -DNBDMIRROR_BUILD_TESTS=ON
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 run_ctest asan-unit build-asan -L unit -j "$(nproc)"
-run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|faults|shutdown|mirror_basic|mirror_bad_peer)_test'
+run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|faults|shutdown|mirror_basic|mirror_bad_peer|mirror_resync|mirror_verify)_test'
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 echo "=== fuzzers (clang libFuzzer)"

@@ -7,7 +7,9 @@
 # How: the standby (node b) runs in its own network namespace behind a veth pair (unique names,
 # a private /30 from 10.213.0.0/16, as in mirror_netns_test.sh). The primary (node a) dials it
 # through corrupt_proxy.py, which runs in the root namespace for the whole test and can invert
-# one byte of the next Write frame's payload. Both daemons use --peer-timeout-ms 1000 and
+# one byte of the next Write frame's payload. The primary clears idle bitmap regions after 1 s
+# (--bitmap-clean-ms 1000, so rounds need not wait 5 s for a clean bitmap). Both daemons use
+# --peer-timeout-ms 1000 and
 # 64 KiB bitmap regions on 256 MiB sparse volumes. After the initial (full) sync, each round:
 #   - picks a fault (the rounds deal the six faults from a seeded shuffled deck, so every
 #     fault comes up every six rounds in a random order), a 16 MiB window of the volume for
@@ -160,7 +162,8 @@ start_standby() {
 }
 start_primary() {
   NM_DAEMON_LABEL=primary nm_start_primary "$a" "$sock" --node a \
-    --peer "b=127.0.0.1:${port_proxy}" --secret-file "$secret" --peer-timeout-ms 1000
+    --peer "b=127.0.0.1:${port_proxy}" --secret-file "$secret" --peer-timeout-ms 1000 \
+    --bitmap-clean-ms 1000
   primary=$NM_PID
   uri=$NM_URI
 }
