@@ -139,11 +139,15 @@ base::Result<bool> OpenMetadata(Node& node) {
   }
   const bool peer_known_good = md.clean && md.peer_disk == DiskState::kUpToDate;
   // Until a clean shutdown says otherwise, a restart must assume the copies may differ. A
-  // primary with no peer configured writes without one from the start: a new generation.
+  // primary with no peer configured is a plain disk: it tracks nothing, so it gives up its
+  // bitmap base and writes under a new generation; a later pairing is a full resync (the old
+  // generation in its history tells the returning peer it is behind).
   Status saved = node.metadata->Update([&o](VolumeMetadata& next) {
     next.clean = false;
     if (o.primary && !o.peer_endpoint) {
-      DivergeFromPeer(next.gens);
+      RememberGeneration(next.gens, next.gens.current);
+      next.gens.current = NewGeneration();
+      next.gens.bitmap = 0;
     }
   });
   if (!saved.ok()) {
@@ -172,9 +176,10 @@ Status OpenIntentLog(Node& node) {
   }
   node.metadata_store = store.TakeValue();
   const VolumeMetadata& md = node.metadata->get();
+  const bool standalone = node.options.primary && !node.options.peer_endpoint;
   node.intent_log = std::make_unique<WriteIntentLog>(
       node.io, node.metadata_store.get(), md.size_bytes, md.region_bytes, bits.TakeValue(),
-      node.options.write_intent_bitmap);
+      node.options.write_intent_bitmap && !standalone);
   if (!node.options.write_intent_bitmap) {
     spdlog::warn("--no-write-intent-bitmap: every resync after an outage copies the volume");
   }
@@ -364,8 +369,9 @@ Status StartPrimary(Node& node, bool peer_known_good) {
     node.replicator = std::make_unique<Replicator>(node.io, r, *node.metadata, *node.intent_log,
                                                    *node.pool, peer_known_good);
   }
+  // Standalone, the volume tracks nothing (see OpenMetadata).
   node.volume = std::make_unique<Volume>(node.io, *node.store, node.replicator.get(), node.mode,
-                                         node.intent_log.get());
+                                         node.replicator ? node.intent_log.get() : nullptr);
   if (node.replicator) {
     node.replicator->SetVolume(node.volume.get());
     node.replicator->Start();
