@@ -4,7 +4,8 @@
 # brain is refused on both sides until the operator discards one side's changes.
 #
 # How: two daemons on loopback with 256 MiB sparse volumes and 64 KiB bitmap regions, the
-# primary with --resync-rate 8M so a resync lasts long enough to interrupt. Each phase writes
+# first primary with --resync-rate 2M so a resync lasts long enough to interrupt (a resync clears
+# bits, and counts progress, as each batch of blocks becomes durable on both sides). Each phase writes
 # with fio's nbd engine (verify=crc32c) into its own 16 MiB window, so the marked regions can
 # be at most 16 MiB per window; the resynced byte counts come from `nbdmirror status`.
 #   1. initial pairing: a full resync (status sync_decision full).
@@ -29,7 +30,7 @@ fio --enghelp=nbd >/dev/null 2>&1 || nm_skip "this fio has no nbd engine"
 mib=$((1 << 20))
 volume_mib=256
 window=$((16 * mib))
-rate=$((8 * mib))
+rate=$((2 * mib))
 secret=$NM_TMP/secret
 nm_make_secret "$secret"
 a=$NM_TMP/a.img
@@ -71,9 +72,10 @@ start_standby() {  # VOLUME NODE PORT PEER PEER_PORT
   NM_DAEMON_LABEL=secondary-$2 nm_start_secondary "$1" --node "$2" --listen "127.0.0.1:$3" \
     --peer "$4=127.0.0.1:$5" --secret-file "$secret" --peer-timeout-ms 2000
 }
-start_primary() {  # VOLUME SOCKET NODE PORT PEER PEER_PORT
+start_primary() {  # VOLUME SOCKET NODE PORT PEER PEER_PORT [RESYNC_RATE]
   NM_DAEMON_LABEL=primary-$3 nm_start_primary "$1" "$2" --node "$3" --listen "127.0.0.1:$4" \
-    --peer "$5=127.0.0.1:$6" --secret-file "$secret" --peer-timeout-ms 2000 --resync-rate 8M
+    --peer "$5=127.0.0.1:$6" --secret-file "$secret" --peer-timeout-ms 2000 \
+    --resync-rate "${7:-0}"
 }
 kill9() {
   kill -KILL "$1"
@@ -89,7 +91,7 @@ same_files() {
 # ---- 1. initial pairing: full -----------------------------------------------------------------
 start_standby "$b" b "$port_b" a "$port_a"
 standby=$NM_PID
-start_primary "$a" "$sock_a" a "$port_a" b "$port_b"
+start_primary "$a" "$sock_a" a "$port_a" b "$port_b" "$rate"
 primary=$NM_PID
 uri_a=$NM_URI
 nm_wait_for 60 "initial sync" in_sync "$a"
