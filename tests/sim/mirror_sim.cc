@@ -32,10 +32,23 @@
 //     what is durable. The primary restarts with peer_disk unknown (no clean shutdown) and the
 //     bitmap reloaded from its metadata store.
 //
+// The schedule: client WRITE (some FUA, some unaligned, mostly into a few hot 4 KiB regions of
+// a 64-region volume, so overlaps and shared regions are frequent), WRITE_ZEROES, TRIM and
+// FLUSH, at most 6 in flight; completion of any pending operation of either host's disks, in
+// any order; delivery of the next frame in either direction; dial and the handshake's steps;
+// clean cycles whenever the replicator would run one; link cuts; crashes of either host.
+// Per seed: mode sync or flush, a pair in sync or a new pair needing a full resync, how often
+// each fault strikes, and whether the resync's buffer budget holds one block or many.
+// Optionally (ScheduleOptions::inject_write_eio) data-disk writes fail with EIO.
+//
 // What is not modelled: failover (the secondary never becomes primary), the `block` policy,
 // a failing datasync (GroupCommit then fails the disk for good, and a schedule that must heal
-// cannot), the wire encoding and authentication (covered by unit and fuzz tests), verify,
-// the secondary's own write-intent bitmap (it only has marks from a time it was primary).
+// cannot), a failing metadata disk, the wire encoding, checksums and authentication (covered
+// by unit and fuzz tests; a bad frame is a cut here), heartbeats and timers (no time passes:
+// the resync is unlimited, the clean interval is "whenever the schedule picks it"), verify,
+// and the secondary's own write-intent bitmap (it only has marks from a time it was primary).
+// Generations come from NewGeneration (random): a replayed seed prints other identifiers but
+// takes exactly the same path, since only their equality matters.
 //
 // After the random actions the schedule heals: no more faults, reconnect, resync to the end,
 // ResyncDone acknowledged, every client operation answered, then a client FLUSH. Then it checks
@@ -354,6 +367,7 @@ class World {
     }
   }
   uint64_t resyncs = 0;
+  uint64_t resync_holes = 0;
 
  private:
   enum class Handshake { kNone, kPersisting, kPlanSent, kRecorded };
@@ -407,6 +421,8 @@ class World {
   int w_crash_secondary_ = 1;
   int w_cut_ = 1;
   int w_clean_ = 5;
+  // The resync's buffer budget: roomy, or one block at a time (blocks wait for buffers).
+  size_t pool_bytes_ = 8 << 20;
   int step_ = 0;
   std::vector<std::string> trace_;
   std::string failure_;
@@ -477,6 +493,7 @@ void SimReplicator::StartResync() {
         SendOrHold(std::move(m), std::move(done), /*resync=*/true);
       },
       [this](uint64_t offset, uint64_t length, PeerDone done) {
+        ++world_.resync_holes;
         Msg m;
         m.kind = Msg::Kind::kZero;
         m.offset_bytes = offset;
@@ -647,6 +664,7 @@ void World::Setup() {
   w_crash_secondary_ = kCrash[rng_() % 4];
   w_cut_ = kCut[rng_() % 4];
   w_clean_ = 20 + static_cast<int>(rng_() % 80);
+  pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
   std::vector<std::byte> meta(primary_meta_.size_bytes());
   std::vector<uint8_t> empty(mirror::kBitmapAreaBytes, 0);
@@ -721,7 +739,7 @@ void World::StartPrimary() {
   }
   auto engine = std::make_unique<PrimaryEngine>();
   engine->io = std::make_unique<asio::io_context>();
-  engine->pool = std::make_unique<base::BufferPool>(8 << 20);
+  engine->pool = std::make_unique<base::BufferPool>(pool_bytes_);
   engine->log = std::make_unique<mirror::WriteIntentLog>(*engine->io, &primary_meta_, kVolumeBytes,
                                                          kRegionBytes, bits);
   engine->link = std::make_unique<SimReplicator>(*this, *engine->io, pmd_, *engine->log,
@@ -1157,6 +1175,7 @@ ScheduleResult World::Run() {
     Check();
   }
   result_.resyncs = resyncs;
+  result_.resync_holes = resync_holes;
   result_.cleared_regions += primary_->link->cleared_regions();
   if (!failure_.empty()) {
     result_.ok = false;

@@ -41,6 +41,7 @@ struct ScheduleResult {
   uint64_t secondary_crashes = 0;
   uint64_t cuts = 0;
   uint64_t resyncs = 0;
+  uint64_t resync_holes = 0;  // Resync blocks sent as Zero.
   uint64_t cleared_regions = 0;
 };
 

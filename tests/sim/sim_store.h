@@ -11,13 +11,16 @@
 // vanishes without a callback (its owner died with the process).
 //
 // Fault injection: with `write_eio_per_mille` a completing Write/ZeroRange/Discard fails with
-// EIO after applying a random subset of its sectors (what a failed write leaves is unknown).
-// Datasync never fails here (see mirror_sim.cc: a failed datasync marks the disk Failed for
-// good, which a schedule that must heal cannot recover from).
+// EIO after a random subset of its sectors landed in the cache (what a failed write leaves is
+// unknown). Datasync never fails here (see mirror_sim.cc: a failed datasync marks the disk
+// Failed for good, which a schedule that must heal cannot recover from).
+//
+// Allocation reports a range as a hole when it reads as zeroes, so Resync's Zero path runs.
 //
 // Nothing here touches the io_context: completions run when the simulation calls CompleteAt(),
 // which is always from the sim loop and never from inside a submit call, as LocalStore requires.
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -76,13 +79,23 @@ class SimStore final : public mirror::LocalStore {
   base::Status Prefetch(uint64_t, uint64_t, mirror::StoreDone done) override {
     return base::Status::Error(EOPNOTSUPP, "the simulation does not prefetch");
   }
-  base::Result<std::vector<nbd::Extent>> Allocation(uint64_t, uint64_t length) override {
-    return std::vector<nbd::Extent>{{length, false}};
+  // A range reads as a hole when it reads as zeroes: the content is the same either way, and
+  // it sends Resync down its Zero path for trimmed and never-written ranges.
+  base::Result<std::vector<nbd::Extent>> Allocation(uint64_t offset, uint64_t length) override {
+    if (!InRange(offset, length)) {
+      return base::Status::Error(EINVAL, name_ + ": allocation past the end");
+    }
+    const bool zero = std::all_of(data_.begin() + static_cast<long>(offset),
+                                  data_.begin() + static_cast<long>(offset + length),
+                                  [](std::byte b) { return b == std::byte{0}; });
+    return std::vector<nbd::Extent>{{length, zero}};
   }
 
   size_t pending_count() const { return pending_.size(); }
   Kind pending_kind(size_t i) const { return pending_[i].kind; }
   void set_write_eio_per_mille(int per_mille) { write_eio_per_mille_ = per_mille; }
+  // Whether a failed write may leave some of its sectors behind (default) or none.
+  void set_eio_lands_sectors(bool lands) { eio_lands_sectors_ = lands; }
 
   // Completes pending operation `i` (its callback runs now). Returns a line for the trace.
   std::string CompleteAt(size_t i, std::mt19937_64& rng) {
@@ -95,12 +108,23 @@ class SimStore final : public mirror::LocalStore {
         return name_ + " read " + Range(op.offset, op.out.size());
       case Kind::kWrite: {
         if (write_eio_per_mille_ > 0 && static_cast<int>(rng() % 1000) < write_eio_per_mille_) {
-          // What a failed write leaves behind is unknown: some sectors may have landed.
-          Apply(data_, op.offset, op.data, rng, /*torn=*/true);
-          log_.push_back({op.offset, op.data});
-          ++completed_writes_;
+          // What a failed write leaves behind is unknown: some of its sectors may have landed
+          // (in the cache, like any completed write, until a datasync or a crash).
+          int landed = 0;
+          for (uint64_t s = 0; eio_lands_sectors_ && s < op.data.size(); s += kSectorBytes) {
+            if (rng() % 2 == 0) {
+              const uint64_t n = std::min<uint64_t>(kSectorBytes, op.data.size() - s);
+              std::vector<std::byte> sector(op.data.begin() + static_cast<long>(s),
+                                            op.data.begin() + static_cast<long>(s + n));
+              std::memcpy(data_.data() + op.offset + s, sector.data(), n);
+              log_.push_back({op.offset + s, std::move(sector)});
+              ++completed_writes_;
+              ++landed;
+            }
+          }
           op.done(base::Status::Error(EIO, name_ + ": injected EIO"));
-          return name_ + " write " + Range(op.offset, op.data.size()) + " EIO";
+          return name_ + " write " + Range(op.offset, op.data.size()) + " EIO (" +
+                 std::to_string(landed) + " sectors landed)";
         }
         std::memcpy(data_.data() + op.offset, op.data.data(), op.data.size());
         log_.push_back({op.offset, op.data});
@@ -199,6 +223,7 @@ class SimStore final : public mirror::LocalStore {
   uint64_t synced_writes_ = 0;      // The first this-many completed writes are in durable_.
   std::vector<Op> pending_;
   int write_eio_per_mille_ = 0;
+  bool eio_lands_sectors_ = true;
 };
 
 }  // namespace sim
