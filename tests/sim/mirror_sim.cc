@@ -47,8 +47,8 @@
 // by unit and fuzz tests; a bad frame is a cut here), heartbeats and timers (no time passes:
 // the resync is unlimited, the clean interval is "whenever the schedule picks it"), verify,
 // and the secondary's own write-intent bitmap (it only has marks from a time it was primary).
-// Generations come from NewGeneration (random): a replayed seed prints other identifiers but
-// takes exactly the same path, since only their equality matters.
+// Generations come from NewGeneration (random), but only their equality matters and the trace
+// names them g1, g2, ...: a replayed seed takes the same path and prints the same trace.
 //
 // After the random actions the schedule heals: no more faults, reconnect, resync to the end,
 // ResyncDone acknowledged, every client operation answered, then a client FLUSH. Then it checks
@@ -124,7 +124,33 @@ struct Wire {
   std::deque<Ack> to_primary;
 };
 
-std::string Gen(uint64_t gen) { return mirror::GenerationText(gen).substr(0, 6); }
+// Generations are random (NewGeneration); the trace names them g1, g2, ... in order of first
+// appearance, so a replayed seed prints the same trace. One schedule runs at a time.
+std::map<uint64_t, std::string>& GenerationNames() {
+  static std::map<uint64_t, std::string> names;
+  return names;
+}
+std::string Gen(uint64_t gen) {
+  if (gen == 0) {
+    return "0";
+  }
+  auto& names = GenerationNames();
+  auto [it, added] = names.emplace(gen, "");
+  if (added) {
+    it->second = "g" + std::to_string(names.size());
+  }
+  return it->second;
+}
+// DecideSync's reasons name generations in hex: rename those too.
+std::string NameGenerations(std::string text) {
+  for (const auto& [gen, name] : GenerationNames()) {
+    const std::string hex = mirror::GenerationText(gen);
+    for (size_t at = text.find(hex); at != std::string::npos; at = text.find(hex)) {
+      text.replace(at, hex.size(), name);
+    }
+  }
+  return text;
+}
 std::string GensText(const Generations& g) {
   return "cur=" + Gen(g.current) + " bm=" + Gen(g.bitmap);
 }
@@ -347,6 +373,7 @@ class World {
         secondary_data_("B.data", kVolumeBytes) {}
 
   ScheduleResult Run();
+  ~World() { GenerationNames().clear(); }
 
   // For the engine models.
   Wire& wire() { return wire_; }
@@ -929,9 +956,10 @@ void World::Dial() {
       primary_->link->Plan(smd_.gens, smd_.disk == DiskState::kUpToDate, next, target);
   Trace("dial link " + std::to_string(wire_.id) + ": A " + GensText(pmd_.gens) + ", B " +
         GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk) + ": " +
-        mirror::SyncKindName(decision.kind) + " (" + decision.reason + ")");
+        mirror::SyncKindName(decision.kind) + " (" + NameGenerations(decision.reason) + ")");
   if (mirror::IsRefusal(decision.kind) || mirror::IsRefusal(view.kind)) {
-    Fail("handshake refused: " + decision.reason + " / " + view.reason);
+    Fail("handshake refused: " + NameGenerations(decision.reason) + " / " +
+         NameGenerations(view.reason));
     return;
   }
   plan_next_ = next;
