@@ -164,6 +164,16 @@ class SimReplicator final : public mirror::PeerLink {
                 base::BufferPool& pool, Variant variant)
       : world_(world), io_(io), md_(md), log_(log), pool_(pool), variant_(variant) {}
 
+  ~SimReplicator() {
+    // The host crashed: resyncs waiting for blocks that will never come back go too.
+    resync_.reset();
+    for (auto& weak : keep_alives_) {
+      if (auto keep_alive = weak.lock()) {
+        keep_alive->reset();
+      }
+    }
+  }
+
   void SetVolume(mirror::Volume* volume) { volume_ = volume; }
 
   void ReplicateWrite(uint64_t offset_bytes, std::span<const std::byte> data, bool durable,
@@ -297,6 +307,7 @@ class SimReplicator final : public mirror::PeerLink {
   std::map<uint64_t, Pending> pending_;
   uint64_t next_seq_ = 1;
   std::shared_ptr<mirror::Resync> resync_;
+  std::vector<std::weak_ptr<std::shared_ptr<mirror::Resync>>> keep_alives_;
   uint64_t link_epoch_ = 0;
   bool cleaning_ = false;
   uint64_t cleared_regions_ = 0;
@@ -532,7 +543,12 @@ void SimReplicator::StartResync() {
   resync_ = resync;
   ++world_.resyncs;
   world_.Trace("A resync starts: " + std::to_string(log_.marked_regions()) + " regions marked");
-  resync->Start([this](bool complete) { OnResyncFinished(complete); });
+  // Replicator::StartResync's callback holds the Resync itself, so a cancelled resync lives on
+  // until its last block comes back (a block may still wait for a range lock or a read when the
+  // next connection replaces resync_). The holder lets a crash break that cycle.
+  auto keep_alive = std::make_shared<std::shared_ptr<mirror::Resync>>(resync);
+  keep_alives_.push_back(keep_alive);
+  resync->Start([this, keep_alive](bool complete) { OnResyncFinished(complete); });
 }
 
 void SimReplicator::OnResyncFinished(bool complete) {

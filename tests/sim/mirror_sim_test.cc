@@ -11,8 +11,8 @@
 // without first flushing both copies is caught within the default number of schedules.
 //
 // Environment:
-//   SIM_SCHEDULES=N   schedules of the main test (default 3000); the tests that must catch a
-//                     broken engine search the default count and stop at the first catch
+//   SIM_SCHEDULES=N   schedules of the main test (default 3000, 300 under sanitizers); the
+//                     tests that must catch a broken engine search 3000 and stop at the first
 //   SIM_SEED=N        run only this seed (replays a failure exactly)
 //   SIM_VARIANT=clean-without-flush   run the broken engine in the main test
 //   SIM_EIO=1         also inject EIO on data-store writes of both hosts
@@ -77,7 +77,22 @@ struct Sweep {
   ScheduleResult totals;
 };
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NBDMIRROR_SIM_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define NBDMIRROR_SIM_SANITIZED 1
+#endif
+#endif
+// About 10 s in a RelWithDebInfo build on two cores; a debug build under sanitizers runs some
+// 30 times slower, so it checks fewer schedules (its point there is memory safety).
+#ifdef NBDMIRROR_SIM_SANITIZED
+constexpr uint64_t kDefaultSchedules = 300;
+#else
 constexpr uint64_t kDefaultSchedules = 3000;
+#endif
+// The tests that must catch a broken engine search this far, stopping at the first catch.
+constexpr uint64_t kSearchSchedules = 3000;
 
 // Runs seeds 1..`schedules` (or just SIM_SEED) with `variant`; stops at the first failure.
 Sweep RunSweep(Variant variant, uint64_t schedules,
@@ -145,8 +160,7 @@ TEST(MirrorSimTest, CleanCycleThatSkipsTheFlushesIsCaught) {
     GTEST_SKIP() << "SIM_SEED replays one schedule of the main test";
   }
   const auto start = std::chrono::steady_clock::now();
-  // Within the default count whatever SIM_SCHEDULES says: the sweep stops at the first catch.
-  Sweep sweep = RunSweep(Variant::kCleanWithoutFlush, kDefaultSchedules);
+  Sweep sweep = RunSweep(Variant::kCleanWithoutFlush, kSearchSchedules);
   PrintTotals(sweep, std::chrono::steady_clock::now() - start);
   ASSERT_TRUE(sweep.first_failure.has_value())
       << "the broken clean cycle survived " << sweep.schedules << " schedules";
@@ -169,7 +183,7 @@ TEST(MirrorSimTest, KnownBugWriteAcknowledgedDuringHandshakeNeverReachesThePeer)
   if (EnvNumber("SIM_SEED", 0) != 0) {
     GTEST_SKIP() << "SIM_SEED replays one schedule of the main test";
   }
-  Sweep sweep = RunSweep(Variant::kCorrect, kDefaultSchedules, /*writes_during_handshake=*/true);
+  Sweep sweep = RunSweep(Variant::kCorrect, kSearchSchedules, /*writes_during_handshake=*/true);
   ASSERT_TRUE(sweep.first_failure.has_value())
       << "no schedule lost a write acknowledged during the handshake: is the bug fixed?";
   std::printf("reproduced at seed %llu:\n%s", static_cast<unsigned long long>(sweep.failing_seed),
@@ -190,7 +204,7 @@ TEST(MirrorSimTest, KnownBugFailedLocalWriteCanLeaveTheCopiesDifferent) {
   if (EnvNumber("SIM_SEED", 0) != 0) {
     GTEST_SKIP() << "SIM_SEED replays one schedule of the main test";
   }
-  Sweep sweep = RunSweep(Variant::kCorrect, kDefaultSchedules, /*writes_during_handshake=*/false,
+  Sweep sweep = RunSweep(Variant::kCorrect, kSearchSchedules, /*writes_during_handshake=*/false,
                          /*inject_write_eio=*/true);
   ASSERT_TRUE(sweep.first_failure.has_value())
       << "no schedule with EIO injected left the copies different: is the bug fixed?";
