@@ -429,6 +429,13 @@ class World {
   void Ready();
   bool Healed() const;
   void FinalFlush();
+  struct Expected {
+    std::vector<std::byte> bytes;
+    std::vector<int64_t> writer;  // The last op that wrote the byte; -1 for none.
+    std::vector<uint8_t> known;   // The byte must hold bytes[at].
+  };
+  Expected ComputeExpected(bool durable_only) const;
+  void CheckFailover();
   void Check();
   std::string Report() const;
   uint64_t RandomOffset();
@@ -797,6 +804,7 @@ void World::StartPrimary() {
 }
 
 void World::CrashPrimary() {
+  CheckFailover();
   ++result_.primary_crashes;
   result_.cleared_regions += primary_->link->cleared_regions();
   Cut("primary crashed", /*primary_notices=*/false, /*prefix_arrives=*/true);
@@ -1061,6 +1069,7 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
     add(w_cut_, [this] { Cut("link dropped", true, true); });
   }
   add(w_crash_primary_, [this] { CrashPrimary(); });
+  add(10, [this] { CheckFailover(); });
   add(w_crash_secondary_, [this] { CrashSecondary(); });
 }
 
@@ -1118,6 +1127,55 @@ void World::FinalFlush() {
   }
 }
 
+World::Expected World::ComputeExpected(bool durable_only) const {
+  // The last writer of each byte in submission order (overlapping writes run in that order).
+  // A byte is known when that writer is required; a failed, lost, possibly lost (or, with
+  // `durable_only`, not yet durable) write may have landed whole, in part or not at all, so its
+  // bytes are open until a later required write covers them.
+  Expected e;
+  e.bytes.assign(kVolumeBytes, std::byte{0});
+  e.writer.assign(kVolumeBytes, -1);
+  e.known.assign(kVolumeBytes, 1);  // All zeroes at first.
+  for (size_t id = 0; id < ops_.size(); ++id) {
+    const ClientOp& op = ops_[id];
+    if (op.kind == ClientOp::Kind::kFlush) {
+      continue;
+    }
+    const bool required =
+        op.state == ClientOp::State::kOk && !op.maybe_lost && (!durable_only || op.guaranteed);
+    std::fill_n(e.known.begin() + static_cast<long>(op.offset_bytes), op.length_bytes,
+                required ? 1 : 0);
+    std::fill_n(e.writer.begin() + static_cast<long>(op.offset_bytes), op.length_bytes,
+                static_cast<int64_t>(id));
+    std::copy(op.data.begin(), op.data.end(), e.bytes.begin() + static_cast<long>(op.offset_bytes));
+  }
+  return e;
+}
+
+void World::CheckFailover() {
+  const SimReplicator& link = *primary_->link;
+  if (!link.streaming() || link.peer_disk() != DiskState::kUpToDate) {
+    return;
+  }
+  // The primary's status says the standby is connected and UpToDate: if the primary died now
+  // and the standby were promoted, every write acknowledged as durable must be on its disk.
+  const Expected e = ComputeExpected(/*durable_only=*/true);
+  const auto& b = secondary_data_.durable();
+  for (uint64_t at = 0; at < kVolumeBytes; ++at) {
+    if (e.known[at] != 0 && b[at] != e.bytes[at]) {
+      Fail(
+          "the primary reports the standby UpToDate, but a failover now would lose durable "
+          "acknowledged write #" +
+          std::to_string(e.writer[at]) + " at byte " + std::to_string(at) + " (region " +
+          std::to_string(at / kRegionBytes) + "): the standby's disk holds " +
+          std::to_string(static_cast<int>(b[at])) + ", expected " +
+          std::to_string(static_cast<int>(e.bytes[at])));
+      return;
+    }
+  }
+  ++result_.failover_checks;
+}
+
 void World::Check() {
   // With EIO injected, a failed write may have left bytes in a cache no datasync covers
   // (GroupCommit counts only successful writes; a real device flushes its whole cache at the
@@ -1132,27 +1190,11 @@ void World::Check() {
     Fail("after the final flush the secondary's cache differs from its disk");
     return;
   }
-  // Expected bytes: the last acknowledged writer of each byte, in submission order (overlapping
-  // writes run in that order), unless something later the client was not told about may have
-  // landed there.
-  std::vector<std::byte> expected(kVolumeBytes);
-  std::vector<int64_t> writer(kVolumeBytes, -1);  // The last op that wrote the byte.
-  std::vector<uint8_t> known(kVolumeBytes, 1);    // All zeroes at first.
-  for (size_t id = 0; id < ops_.size(); ++id) {
-    const ClientOp& op = ops_[id];
-    if (op.kind == ClientOp::Kind::kFlush) {
-      continue;
-    }
-    // A failed, lost or possibly lost write may have landed whole, in part or not at all: its
-    // bytes are open until a later required write covers them.
-    const bool required = op.state == ClientOp::State::kOk && !op.maybe_lost;
-    std::fill_n(known.begin() + static_cast<long>(op.offset_bytes), op.length_bytes,
-                required ? 1 : 0);
-    std::fill_n(writer.begin() + static_cast<long>(op.offset_bytes), op.length_bytes,
-                static_cast<int64_t>(id));
-    std::copy(op.data.begin(), op.data.end(),
-              expected.begin() + static_cast<long>(op.offset_bytes));
-  }
+  // Every acknowledged write not possibly lost in a primary crash must be there.
+  const Expected e = ComputeExpected(/*durable_only=*/false);
+  const auto& expected = e.bytes;
+  const auto& known = e.known;
+  const auto& writer = e.writer;
   if (a == b) {
     for (uint64_t at = 0; at < kVolumeBytes; ++at) {
       if (known[at] != 0 && a[at] != expected[at]) {

@@ -43,6 +43,7 @@ struct ScheduleResult {
   uint64_t resyncs = 0;
   uint64_t resync_holes = 0;  // Resync blocks sent as Zero.
   uint64_t cleared_regions = 0;
+  uint64_t failover_checks = 0;  // Times a promotion of the standby was checked and held.
 };
 
 ScheduleResult RunSchedule(const ScheduleOptions& options);

@@ -121,6 +121,7 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
     sweep.totals.resyncs += result.resyncs;
     sweep.totals.resync_holes += result.resync_holes;
     sweep.totals.cleared_regions += result.cleared_regions;
+    sweep.totals.failover_checks += result.failover_checks;
     if (!result.ok) {
       sweep.first_failure = std::move(result);
       sweep.failing_seed = seed;
@@ -133,7 +134,8 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
 void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
   std::printf(
       "%llu schedules in %.1f s: %llu client replies, %llu primary and %llu secondary crashes, "
-      "%llu link cuts, %llu resyncs (%llu hole blocks), %llu bitmap regions cleaned\n",
+      "%llu link cuts, %llu resyncs (%llu hole blocks), %llu bitmap regions cleaned, %llu "
+      "failover checks\n",
       static_cast<unsigned long long>(sweep.schedules), std::chrono::duration<double>(took).count(),
       static_cast<unsigned long long>(sweep.totals.acked_writes),
       static_cast<unsigned long long>(sweep.totals.primary_crashes),
@@ -141,7 +143,8 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       static_cast<unsigned long long>(sweep.totals.cuts),
       static_cast<unsigned long long>(sweep.totals.resyncs),
       static_cast<unsigned long long>(sweep.totals.resync_holes),
-      static_cast<unsigned long long>(sweep.totals.cleared_regions));
+      static_cast<unsigned long long>(sweep.totals.cleared_regions),
+      static_cast<unsigned long long>(sweep.totals.failover_checks));
 }
 
 TEST(MirrorSimTest, EveryAcknowledgedWriteIsOnBothIdenticalCopiesAfterAnySchedule) {
