@@ -164,7 +164,7 @@ class SimReplicator final : public mirror::PeerLink {
                 base::BufferPool& pool, Variant variant)
       : world_(world), io_(io), md_(md), log_(log), pool_(pool), variant_(variant) {}
 
-  ~SimReplicator() {
+  ~SimReplicator() override {
     // The host crashed: resyncs waiting for blocks that will never come back go too.
     resync_.reset();
     for (auto& weak : keep_alives_) {
@@ -328,7 +328,7 @@ class Secondary {
   void Receive(const Msg& msg);
 
  private:
-  void Finish(uint64_t wire, uint64_t seq, bool durable, Status status);
+  void Finish(uint64_t wire, uint64_t seq, bool durable, const Status& status);
   void SendAck(uint64_t wire, uint64_t seq, const Status& status);
 
   World& world_;
@@ -388,7 +388,7 @@ class World {
 
   // For the engine models.
   Wire& wire() { return wire_; }
-  void Trace(std::string line) { trace_.push_back(std::to_string(step_) + ": " + line); }
+  void Trace(const std::string& line) { trace_.push_back(std::to_string(step_) + ": " + line); }
   std::mt19937_64& rng() { return rng_; }
   void SendAck(uint64_t wire, uint64_t seq, int error) {
     if (wire_.open && wire_.id == wire) {
@@ -593,7 +593,7 @@ void SimReplicator::StartClean() {
     world_.Trace("A clean cycle (no flush) cleared " + std::to_string(cleared));
     return;
   }
-  volume_->group_commit().RequestDurable([this, epoch, cycle](Status local) {
+  volume_->group_commit().RequestDurable([this, epoch, cycle](const Status& local) {
     // CleanOnce resumes its coroutine through the executor between the two awaits.
     asio::post(io_, [this, epoch, cycle, local] {
       Msg flush;
@@ -628,8 +628,8 @@ void Secondary::Receive(const Msg& msg) {
     case Msg::Kind::kWrite:
     case Msg::Kind::kZero: {
       ++ops_in_flight_;
-      auto finish = [this, wire, seq, durable](Status result) {
-        Finish(wire, seq, durable, std::move(result));
+      auto finish = [this, wire, seq, durable](const Status& result) {
+        Finish(wire, seq, durable, result);
       };
       Status st = msg.kind == Msg::Kind::kWrite
                       ? store_.Write(msg.offset_bytes, msg.data, finish)
@@ -643,7 +643,7 @@ void Secondary::Receive(const Msg& msg) {
     case Msg::Kind::kResyncDone: {
       ++ops_in_flight_;
       const uint64_t gen = msg.kind == Msg::Kind::kResyncDone ? msg.current_gen : 0;
-      group_commit_.RequestDurable([this, wire, seq, gen](Status st) {
+      group_commit_.RequestDurable([this, wire, seq, gen](const Status& st) {
         if (st.ok() && gen != 0) {
           // FinishResync. (ClearAll of this node's own bitmap: it never was primary here.)
           if (md_.gens.current != gen) {
@@ -662,7 +662,7 @@ void Secondary::Receive(const Msg& msg) {
   }
 }
 
-void Secondary::Finish(uint64_t wire, uint64_t seq, bool durable, Status status) {
+void Secondary::Finish(uint64_t wire, uint64_t seq, bool durable, const Status& status) {
   if (status.ok()) {
     group_commit_.NoteWriteCompleted();
   }
@@ -671,7 +671,7 @@ void Secondary::Finish(uint64_t wire, uint64_t seq, bool durable, Status status)
     SendAck(wire, seq, status);
     return;
   }
-  group_commit_.RequestDurable([this, wire, seq](Status synced) {
+  group_commit_.RequestDurable([this, wire, seq](const Status& synced) {
     --ops_in_flight_;
     SendAck(wire, seq, synced);
   });
@@ -892,7 +892,7 @@ void World::SubmitClientOp() {
   Trace("client #" + std::to_string(id) + " " + kNames[static_cast<int>(o.kind)] + " " +
         std::to_string(o.offset_bytes) + "+" + std::to_string(o.length_bytes) +
         (o.fua ? " FUA" : ""));
-  auto done = [this, id](Status st) { OnClientDone(id, st); };
+  auto done = [this, id](const Status& st) { OnClientDone(id, st); };
   mirror::Volume& volume = *primary_->volume;
   Status st;
   switch (o.kind) {
@@ -991,7 +991,7 @@ void World::Dial() {
   plan_resync_ = decision.kind != SyncKind::kNone;
   handshake_ = Handshake::kPersisting;
   const uint64_t id = ++handshake_id_;
-  primary_->log->Persist([this, id](Status st) {
+  primary_->log->Persist([this, id](const Status& st) {
     if (id != handshake_id_) {
       return;
     }
