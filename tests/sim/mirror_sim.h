@@ -1,0 +1,51 @@
+#pragma once
+// The deterministic mirror simulation: one seeded schedule of client I/O, disk completions in
+// random order, link delays and cuts, and crashes of either host, run on the real engine
+// (mirror::Volume, WriteIntentLog, GroupCommit, Resync, DecideSync / DivergeFromPeer) over
+// simulated disks (tests/sim/sim_store.h) and a simulated peer link, then healed and checked.
+// See mirror_sim.cc for what is modelled and how; mirror_sim_test.cc for how it is run.
+
+#include <cstdint>
+#include <string>
+
+namespace sim {
+
+// Deliberately broken engines, to show that the simulation catches them.
+enum class Variant {
+  kCorrect,
+  // The clean cycle clears the bitmap at once, without the local datasync and the peer flush
+  // that make every completed write durable on both copies first.
+  kCleanWithoutFlush,
+};
+
+struct ScheduleOptions {
+  uint64_t seed = 1;
+  Variant variant = Variant::kCorrect;
+  int steps = 400;                // Random actions before the heal.
+  bool inject_write_eio = false;  // Let data-store writes fail with EIO (a few per mille).
+  bool keep_full_trace = false;   // Report the whole trace, not only its tail.
+  // Let client writes reach the volume while a handshake is in progress. The engine currently
+  // acknowledges such writes without the peer and, when the plan says the copies are already
+  // in sync, never resyncs them (see mirror_sim_test.cc, the KnownBug test). Off until that is
+  // fixed: a handshake then starts only with no client operation in the volume, and clients
+  // wait for it to end.
+  bool writes_during_handshake = false;
+};
+
+struct ScheduleResult {
+  bool ok = true;
+  std::string failure;  // What went wrong, with the seed and the trace, when !ok.
+  // Some counts, to show the schedules exercise what they claim to.
+  uint64_t acked_writes = 0;
+  uint64_t primary_crashes = 0;
+  uint64_t secondary_crashes = 0;
+  uint64_t cuts = 0;
+  uint64_t resyncs = 0;
+  uint64_t resync_holes = 0;  // Resync blocks sent as Zero.
+  uint64_t cleared_regions = 0;
+  uint64_t failover_checks = 0;  // Times a promotion of the standby was checked and held.
+};
+
+ScheduleResult RunSchedule(const ScheduleOptions& options);
+
+}  // namespace sim
