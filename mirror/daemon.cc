@@ -147,6 +147,7 @@ base::Result<bool> OpenMetadata(Node& node) {
     if (o.primary && !o.peer_endpoint) {
       RememberGeneration(next.gens, next.gens.current);
       next.gens.current = NewGeneration();
+      next.gens.current_shared = false;
       next.gens.bitmap = 0;
     }
   });
@@ -599,6 +600,7 @@ Status DiscardChanges(const std::string& volume_path, const std::string& metadat
   // this copy changed since, and the next resync overwrites exactly those (plus the peer's).
   Status st = file.Update([](VolumeMetadata& md) {
     md.gens.current = md.gens.bitmap;
+    md.gens.current_shared = true;
     md.disk = DiskState::kOutdated;
     md.clean = false;
   });

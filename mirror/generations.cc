@@ -28,11 +28,9 @@ void RememberGeneration(Generations& gens, uint64_t gen) {
 }
 
 void DivergeFromPeer(Generations& gens) {
-  if (gens.current != gens.bitmap && gens.current != 0) {
-    return;
-  }
   RememberGeneration(gens, gens.current);
   gens.current = NewGeneration();
+  gens.current_shared = false;
 }
 
 const char* SyncKindName(SyncKind kind) {

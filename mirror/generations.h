@@ -35,10 +35,15 @@
 namespace mirror {
 
 struct Generations {
-  static constexpr size_t kHistoryLength = 4;
+  static constexpr size_t kHistoryLength = 8;
   uint64_t current = 0;
   uint64_t bitmap = 0;
   std::vector<uint64_t> history;  // Newest first.
+  // The peer may hold `current`: it was agreed at a handshake, sent in a ResyncDone, or (on a
+  // secondary) received from the primary. Writing without the peer must then mint a new one
+  // first; otherwise (minted already and never shown to the peer) it need not, however many
+  // outages and restarts come in between, which keeps the shared generation in history.
+  bool current_shared = false;
 
   bool operator==(const Generations&) const = default;
 };
@@ -46,9 +51,10 @@ struct Generations {
 // A fresh random non-zero identifier.
 uint64_t NewGeneration();
 
-// Moves `current` into history and mints a new one (the first write without the peer). Does
-// nothing if this copy already diverged from its bitmap base (current != bitmap), so it is
-// idempotent within one outage.
+// Before the first write without the peer while `current_shared`: moves `current` into history
+// and mints a new one, not shared. (Even if this copy had diverged from its bitmap base already:
+// the peer may have adopted `current` at a ResyncDone whose acknowledgement was lost, and
+// writes it lacks must not be made under a generation it holds.) The bitmap base stays.
 void DivergeFromPeer(Generations& gens);
 
 // Pushes `gen` to the front of history (if non-zero and not already there), keeping the newest

@@ -216,6 +216,7 @@ std::string EncodeSuperblock(const VolumeMetadata& md, uint64_t seq) {
        << "current_gen=" << GenerationText(md.gens.current) << "\n"
        << "bitmap_gen=" << GenerationText(md.gens.bitmap) << "\n"
        << "history_gens=" << GenList(md.gens.history) << "\n"
+       << "current_shared=" << (md.gens.current_shared ? "true" : "false") << "\n"
        << "region_bytes=" << md.region_bytes << "\n";
   const std::string text = body.str();
   return text + "crc32c=" + Hex32(base::Crc32c(0, AsBytes(text))) + "\n";
@@ -265,6 +266,7 @@ base::Result<std::pair<VolumeMetadata, uint64_t>> DecodeSuperblock(
   md.disk = *disk;
   md.peer_disk = *peer_disk;
   md.clean = f["clean"] == "true";
+  md.gens.current_shared = f["current_shared"] == "true";
   return std::make_pair(md, seq);
 }
 

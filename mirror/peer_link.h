@@ -33,6 +33,10 @@ class PeerLink {
                              nbd::ZeroOptions options, bool discard, bool durable,
                              PeerDone done) = 0;
   virtual void ReplicateFlush(PeerDone done) = 0;
+  // A local write failed after it was fanned out: the peer may hold data this copy does not.
+  // The volume has pinned the write's regions in the intent log; the link resynchronises them
+  // when it can.
+  virtual void OnLocalWriteFailed() {}
 };
 
 }  // namespace mirror

@@ -212,6 +212,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
       }
       next.gens.current = plan.target_gen();
       next.gens.bitmap = plan.target_gen();
+      next.gens.current_shared = true;
       next.disk = resync ? DiskState::kInconsistent : DiskState::kUpToDate;
     });
   }

@@ -173,6 +173,7 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
         }
         md.gens.current = current_gen;
         md.gens.bitmap = current_gen;
+        md.gens.current_shared = true;
         md.disk = DiskState::kUpToDate;
       });
     }

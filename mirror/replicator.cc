@@ -44,10 +44,12 @@ void Replicator::BeginShutdown() {
   shutting_down_ = true;
   // Under `block`, held operations would wait forever for a peer that may never come back.
   // They fail instead of being acknowledged: the operator chose to stop without the peer.
+  // Under `degrade` the only held operations are those waiting out a handshake: they complete
+  // as they would have without the peer.
   auto held = std::move(held_);
   held_.clear();
   for (Pending& op : held) {
-    asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kAborted); });
+    CompleteUnreplicated(std::move(op));
   }
 }
 
@@ -171,26 +173,21 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   if (Status st = co_await link->Expect(FrameType::kHello, peer_hello); !st.ok()) {
     co_return st;
   }
-  Status checked = CheckPeerHello(peer_hello);
-  pb::SyncPlan plan;
-  if (checked.ok()) {
-    checked = co_await Plan(peer_hello, *link, plan);
-  }
-  if (!checked.ok()) {
+  if (Status st = CheckPeerHello(peer_hello); !st.ok()) {
     pb::Refuse refuse;
-    refuse.set_reason(checked.message());
+    refuse.set_reason(st.message());
     (void)co_await link->SendMessage(FrameType::kRefuse, refuse);
-    co_return checked;
-  }
-  if (Status st = co_await link->SendMessage(FrameType::kSyncPlan, plan); !st.ok()) {
     co_return st;
   }
-  pb::Ready ready;
-  if (Status st = co_await link->Expect(FrameType::kReady, ready); !st.ok()) {
-    co_return st;
-  }
-  if (stopping_) {
-    co_return Status::Error(ESHUTDOWN, "shutting down");
+  // From the decision until the link streams, client operations wait (SendOrHold): one
+  // acknowledged without the peer in that window would be in neither the plan nor the stream.
+  handshaking_ = true;
+  pb::SyncPlan plan;
+  Status agreed = co_await Negotiate(peer_hello, *link, plan);
+  handshaking_ = false;
+  if (!agreed.ok()) {
+    CompleteHeldUnreplicated();
+    co_return agreed;
   }
   link->AdaptToPeerTimeout(std::chrono::milliseconds(peer_hello.timeout_ms()));
   link_ = std::move(link);
@@ -209,6 +206,36 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
     MarkPeerDisk(DiskState::kUpToDate);
   }
   co_return Status::Ok();
+}
+
+asio::awaitable<Status> Replicator::Negotiate(const pb::Hello& peer_hello,
+                                              transport::PeerConnection& link,
+                                              pb::SyncPlan& plan) {
+  if (Status st = co_await Plan(peer_hello, link, plan); !st.ok()) {
+    pb::Refuse refuse;
+    refuse.set_reason(st.message());
+    (void)co_await link.SendMessage(FrameType::kRefuse, refuse);
+    co_return st;
+  }
+  if (Status st = co_await link.SendMessage(FrameType::kSyncPlan, plan); !st.ok()) {
+    co_return st;
+  }
+  pb::Ready ready;
+  if (Status st = co_await link.Expect(FrameType::kReady, ready); !st.ok()) {
+    co_return st;
+  }
+  if (stopping_) {
+    co_return Status::Error(ESHUTDOWN, "shutting down");
+  }
+  co_return Status::Ok();
+}
+
+void Replicator::CompleteHeldUnreplicated() {
+  auto held = std::move(held_);
+  held_.clear();
+  for (Pending& op : held) {
+    CompleteUnreplicated(std::move(op));
+  }
 }
 
 asio::awaitable<Status> Replicator::ReceivePeerBitmap(transport::PeerConnection& link,
@@ -275,6 +302,7 @@ asio::awaitable<Status> Replicator::Plan(const pb::Hello& peer_hello,
   switch (decision.kind) {
     case SyncKind::kNone:
       next.bitmap = next.current;
+      next.current_shared = true;
       break;
     case SyncKind::kIncremental:
       target = peer.current;
@@ -290,7 +318,13 @@ asio::awaitable<Status> Replicator::Plan(const pb::Hello& peer_hello,
       break;
   }
   // Durable before the secondary hears of it: a crash from here on resumes this plan.
+  const Generations decided_on = md.gens;
   Status st = co_await AwaitDone(io_, [this](StoreDone done) { intent_log_.Persist(std::move(done)); });
+  if (st.ok() && !(metadata_.get().gens == decided_on)) {
+    // Client operations are held during the handshake, so nothing should change them; if
+    // something did, this plan is stale: drop the link and decide again.
+    st = Status::Error(EAGAIN, "generations changed during the handshake");
+  }
   if (st.ok()) {
     st = metadata_.Update([&next](VolumeMetadata& m) { m.gens = next; });
   }
@@ -328,7 +362,7 @@ void Replicator::MarkPeerDisk(DiskState state) {
 
 void Replicator::RecordDivergence() {
   const VolumeMetadata& md = metadata_.get();
-  const bool mint = md.gens.current == md.gens.bitmap;
+  const bool mint = md.gens.current_shared;
   if (peer_disk_ == DiskState::kUpToDate) {
     peer_disk_ = DiskState::kOutdated;
   }
@@ -389,6 +423,9 @@ void Replicator::StartResync() {
   resync_ = resync;
   spdlog::info("resync to {}: {} bytes marked", options_.peer_node_id,
                intent_log_.marked_bytes());
+  // The callback holds the Resync itself: a cancelled resync must live until its last block
+  // comes back (one may still wait for a range lock or a read when the next connection
+  // replaces resync_). Dropping this self-reference brings back a use-after-free.
   resync->Start([this, resync](bool complete) {
     resync_progress_ = resync->progress();
     OnResyncFinished(complete);
@@ -400,6 +437,15 @@ void Replicator::OnResyncFinished(bool complete) {
   if (!complete || !Streaming()) {
     spdlog::warn("resync to {} interrupted at {} of {} bytes", options_.peer_node_id,
                  resync_progress_.done_bytes, resync_progress_.total_bytes);
+    return;
+  }
+  // From the moment ResyncDone leaves, the secondary may hold our current generation (even if
+  // its acknowledgement never comes back): recorded before it is sent.
+  Status shared = metadata_.Update([](VolumeMetadata& md) { md.gens.current_shared = true; });
+  if (!shared.ok()) {
+    spdlog::critical("cannot record the generation handed to {}: {}", options_.peer_node_id,
+                     shared.ToString());
+    link_->Close(Status::Error(EIO, "metadata update failed"));
     return;
   }
   // The secondary flushes everything before it records itself UpToDate and acknowledges.
@@ -424,6 +470,10 @@ void Replicator::OnResyncFinished(bool complete) {
           spdlog::critical("cannot record the finished resync: {}", st.ToString());
         }
         spdlog::info("resync to {} complete; peer is UpToDate", options_.peer_node_id);
+        if (resync_again_) {
+          resync_again_ = false;
+          OnLocalWriteFailed();
+        }
       },
       /*resync=*/true);
 }
@@ -438,6 +488,10 @@ void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync,
   }
   if (resync) {
     asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
+    return;
+  }
+  if (handshaking_) {
+    held_.push_back(Pending{std::move(send), std::move(done), false, nullptr});
     return;
   }
   CompleteUnreplicated(Pending{std::move(send), std::move(done), false, nullptr});
@@ -663,11 +717,33 @@ void Replicator::OnVerifyFinished(const VerifyProgress& result) {
     spdlog::info("verify against {} done: {} bytes differ", options_.peer_node_id,
                  result.differing_bytes);
   }
-  if (result.differing_bytes == 0 || !Streaming()) {
+  if ((result.differing_bytes == 0 && !resync_again_) || !Streaming()) {
     return;  // Marks made before a lost link are resynced when the peer returns.
   }
+  resync_again_ = false;
   MarkPeerDisk(DiskState::kInconsistent);
   StartResync();
+}
+
+}  // namespace mirror
+
+namespace mirror {
+
+void Replicator::OnLocalWriteFailed() {
+  // Posted: the volume calls this from inside a write's completion.
+  asio::post(io_, [this] {
+    if (!Streaming() || intent_log_.pinned_regions() == 0) {
+      return;  // The next connection resyncs what the bitmap marks.
+    }
+    if ((resync_ && resync_->progress().running) || (verifier_ && verifier_->progress().running)) {
+      resync_again_ = true;
+      return;
+    }
+    spdlog::warn("a local write failed; resyncing its {} pinned region(s) to {}",
+                 intent_log_.pinned_regions(), options_.peer_node_id);
+    MarkPeerDisk(DiskState::kInconsistent);
+    StartResync();
+  });
 }
 
 }  // namespace mirror

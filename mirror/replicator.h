@@ -98,6 +98,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   void ReplicateZero(uint64_t offset_bytes, uint64_t length_bytes, nbd::ZeroOptions options,
                      bool discard, bool durable, PeerDone done) override;
   void ReplicateFlush(PeerDone done) override;
+  // Resyncs the pinned regions of a failed local write (now, or after the running resync).
+  void OnLocalWriteFailed() override;
 
   // FrameHandler.
   void OnFrame(transport::Frame frame) override;
@@ -138,6 +140,11 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
 
   asio::awaitable<void> DialLoop();
   asio::awaitable<base::Status> ConnectOnce();
+  // Plan, SyncPlan, Ready: the part of the handshake during which client operations are held.
+  asio::awaitable<base::Status> Negotiate(const nbdmirror::peer::Hello& peer_hello,
+                                          transport::PeerConnection& link,
+                                          nbdmirror::peer::SyncPlan& plan);
+  void CompleteHeldUnreplicated();
   base::Status CheckPeerHello(const google::protobuf::MessageLite& hello) const;
   // Reads the secondary's BitmapRuns.
   asio::awaitable<base::Status> ReceivePeerBitmap(transport::PeerConnection& link,
@@ -185,6 +192,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   std::unique_ptr<base::AsyncEvent> link_closed_;
   bool stopping_ = false;
   bool shutting_down_ = false;
+  bool handshaking_ = false;           // Between the sync decision and streaming.
+  bool resync_again_ = false;          // A local write failed during a resync or verify.
   std::string last_error_;
 };
 

@@ -31,6 +31,7 @@ void Resync::Start(Finished finished) {
 void Resync::Cancel() {
   cancelled_ = true;
   rate_timer_.cancel();
+  MaybeFlush();
   MaybeFinish();
 }
 
@@ -75,7 +76,7 @@ bool Resync::WaitForRate(uint64_t length_bytes) {
 
 void Resync::Pump() {
   while (!cancelled_ && !failed_ && !waiting_ && in_flight_ < kMaxInFlight &&
-         copying_ < kMaxCopying) {
+         unconfirmed_ < kMaxCopying) {
     auto block = intent_log_.NextMarked(cursor_bytes_, kBlockBytes);
     if (!block) {
       return;
@@ -88,7 +89,7 @@ void Resync::Pump() {
     cursor_bytes_ = offset + length;
     issued_bytes_ += length;
     ++in_flight_;
-    ++copying_;
+    ++unconfirmed_;
     volume_.LockRange(offset, length, [this, offset, length](InflightRanges::Ticket ticket) {
       CopyBlock(offset, length, ticket);
     });
@@ -97,16 +98,16 @@ void Resync::Pump() {
 
 void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket ticket) {
   if (cancelled_ || failed_) {
-    --copying_;
+    --unconfirmed_;
     OnBlockDone(ticket, 0, false);
     return;
   }
+  ++copying_;
   auto extents = volume_.store().Allocation(offset, length);
   if (extents.ok() && extents.value().size() == 1 && extents.value()[0].hole &&
       extents.value()[0].length_bytes == length) {
     // A hole moves no data: it does not count against the rate limit.
     issued_bytes_ -= length;
-    ++on_wire_;
     send_zero_(offset, length, [this, ticket, offset, length](PeerOutcome outcome) {
       OnBlockSent(ticket, offset, length, outcome);
     });
@@ -122,6 +123,7 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
     issued_bytes_ -= length;
     --in_flight_;
     --copying_;
+    --unconfirmed_;
     waiting_ = true;
     std::weak_ptr<Resync> weak = weak_from_this();
     pool_.NotifyOnRelease([weak] {
@@ -139,10 +141,10 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
         if (!read.ok()) {
           spdlog::error("resync: reading block at {} failed: {}", offset, read.ToString());
           --copying_;
+          --unconfirmed_;
           OnBlockDone(ticket, 0, false);
           return;
         }
-        ++on_wire_;
         send_write_(offset, holder->span(),
                     [this, holder, ticket, offset, length](PeerOutcome outcome) {
                       OnBlockSent(ticket, offset, length, outcome);
@@ -150,14 +152,15 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
       });
   if (!st.ok()) {
     --copying_;
+    --unconfirmed_;
     OnBlockDone(ticket, 0, false);
   }
 }
 
 void Resync::OnBlockSent(InflightRanges::Ticket ticket, uint64_t offset, uint64_t length,
                          PeerOutcome outcome) {
-  --on_wire_;
   --copying_;
+  --unconfirmed_;
   if (outcome != PeerOutcome::kConfirmed) {
     OnBlockDone(ticket, 0, false);
     return;
@@ -169,6 +172,18 @@ void Resync::OnBlockSent(InflightRanges::Ticket ticket, uint64_t offset, uint64_
 }
 
 void Resync::MaybeFlush() {
+  if ((cancelled_ || failed_) && !awaiting_flush_.empty()) {
+    // Never flush a cancelled resync's blocks: the flush would go on whatever link is up by
+    // then, and a later link's Flush says nothing about what a lost one carried (the peer may
+    // have crashed with those blocks unsynced). They stay marked.
+    auto batch = std::move(awaiting_flush_);
+    awaiting_flush_.clear();
+    awaiting_bytes_ = 0;
+    for (const Confirmed& block : batch) {
+      OnBlockDone(block.ticket, 0, false);
+    }
+    return;
+  }
   if (!flushing_.empty() || awaiting_flush_.empty()) {
     return;
   }

@@ -54,7 +54,7 @@ class Resync : public std::enable_shared_from_this<Resync> {
 
   static constexpr uint64_t kBlockBytes = 1 << 20;
   static constexpr int kMaxInFlight = 64;  // Blocks holding a range lock.
-  static constexpr int kMaxCopying = 8;    // Of those, being read or on the wire (buffers held).
+  static constexpr int kMaxCopying = 8;    // Of those, issued and not yet confirmed.
   static constexpr uint64_t kFlushBatchBytes = 32 << 20;
 
   Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
@@ -91,8 +91,13 @@ class Resync : public std::enable_shared_from_this<Resync> {
   uint64_t issued_bytes_ = 0;  // For the rate limit.
   uint64_t cursor_bytes_ = 0;
   int in_flight_ = 0;  // Blocks holding their range lock.
-  int on_wire_ = 0;    // Of those, sent and not yet confirmed.
-  int copying_ = 0;    // Of those, being read or sent: not yet confirmed.
+  // Of those, issued and not yet confirmed (some may still wait for their range lock): bounds
+  // the buffers in use.
+  int unconfirmed_ = 0;
+  // Of those, holding their lock and being read or sent. A batch is flushed when none is left,
+  // never waiting on a block that waits for a lock: a client write queued between two blocks
+  // may itself wait for a block of the batch.
+  int copying_ = 0;
   struct Confirmed {
     InflightRanges::Ticket ticket;
     uint64_t offset_bytes;

@@ -12,6 +12,7 @@ struct Volume::PendingWrite {
   uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
   bool marked = false;       // The intent log holds this write's regions (Unmark when done).
+  bool local_failed = false;  // The local write itself failed (not the mark before it).
   bool durable = false;      // Mode sync or FUA: durable on both sides before the reply.
   bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
@@ -176,6 +177,10 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
 
 void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status status) {
   if (!status.ok()) {
+    // Part of a failed write may sit in the page cache all the same: the next durable request
+    // must not skip its datasync as if nothing had been written.
+    group_commit_.NoteWriteCompleted();
+    write->local_failed = true;
     ++stats_.errors;
     write->local_status = std::move(status);
     write->local_done = true;
@@ -200,7 +205,15 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
     return;
   }
   if (write->marked) {
+    if (write->local_failed) {
+      // The peer may have applied what failed here: keep the regions marked until a resync has
+      // copied them, whatever clean cycles say.
+      intent_log_->Pin(write->offset_bytes, write->length_bytes);
+    }
     intent_log_->Unmark(write->offset_bytes, write->length_bytes);
+  }
+  if (write->local_failed && peer_ != nullptr) {
+    peer_->OnLocalWriteFailed();
   }
   // Releasing may start a waiting write or resync block at once.
   ranges_.Release(write->ticket);

@@ -25,6 +25,7 @@ WriteIntentLog::WriteIntentLog(asio::io_context& io, LocalStore* meta_store,
   CHECK(region_bytes_ > 0);
   CHECK(bits_.size() == BitmapPageCount(region_count_) * kBitmapAreaBytes);
   touched_.assign(bits_.size(), 0);
+  pinned_.assign(bits_.size(), 0);
   page_needs_round_.assign(bits_.size() / kBitmapAreaBytes, 0);
   for (uint8_t byte : bits_) {
     marked_regions_ += std::popcount(byte);
@@ -55,6 +56,10 @@ bool WriteIntentLog::Set(uint64_t region) {
 void WriteIntentLog::Clear(uint64_t region) {
   uint8_t& byte = bits_[region / 8];
   const uint8_t mask = static_cast<uint8_t>(1u << (region % 8));
+  if (pinned_[region / 8] & mask) {
+    pinned_[region / 8] &= static_cast<uint8_t>(~mask);
+    --pinned_regions_;
+  }
   if (byte & mask) {
     byte &= static_cast<uint8_t>(~mask);
     --marked_regions_;
@@ -265,7 +270,7 @@ uint64_t WriteIntentLog::FinishClean(uint64_t cycle) {
   ++clean_cycle_;
   uint64_t cleared = 0;
   for (size_t i = 0; i < bits_.size(); ++i) {
-    const uint8_t clearable = bits_[i] & static_cast<uint8_t>(~touched_[i]);
+    const uint8_t clearable = bits_[i] & static_cast<uint8_t>(~(touched_[i] | pinned_[i]));
     if (clearable == 0) {
       continue;
     }
@@ -305,12 +310,28 @@ void WriteIntentLog::ClearRange(uint64_t offset_bytes, uint64_t length_bytes) {
 void WriteIntentLog::ClearAll(StoreDone done) {
   if (enabled_ && failure_.ok()) {
     for (uint64_t r = 0; r < region_count_; ++r) {
-      if (!in_flight_.contains(r)) {
+      if (!in_flight_.contains(r) && !((pinned_[r / 8] >> (r % 8)) & 1)) {
         Clear(r);
       }
     }
   }
   Persist(std::move(done));
+}
+
+void WriteIntentLog::Pin(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!enabled_) {
+    return;
+  }
+  MarkRange(offset_bytes, length_bytes);
+  auto [first, end] = Regions(offset_bytes, length_bytes);
+  for (uint64_t r = first; r < end; ++r) {
+    uint8_t& byte = pinned_[r / 8];
+    const uint8_t mask = static_cast<uint8_t>(1u << (r % 8));
+    if (!(byte & mask)) {
+      byte |= mask;
+      ++pinned_regions_;
+    }
+  }
 }
 
 std::optional<ByteRange> WriteIntentLog::NextMarked(uint64_t from_bytes,

@@ -86,8 +86,12 @@ class WriteIntentLog {
   uint64_t FinishClean(uint64_t cycle);
   // Clears the regions lying wholly inside the range that have no write in flight.
   void ClearRange(uint64_t offset_bytes, uint64_t length_bytes);
-  // Clears every bit (the peer is now identical) and persists durably.
+  // Clears every bit except pinned ones (the peer is now identical) and persists durably.
   void ClearAll(StoreDone done);
+  // Keeps the range's regions marked through clean cycles and ClearAll until ClearRange (a
+  // resync block) clears them: a failed local write the peer may have applied.
+  void Pin(uint64_t offset_bytes, uint64_t length_bytes);
+  uint64_t pinned_regions() const { return pinned_regions_; }
 
   // The first run of marked regions starting at or after `from_bytes`, at most `max_bytes`
   // long, aligned to regions and clipped to the volume; nullopt if none.
@@ -120,6 +124,8 @@ class WriteIntentLog {
   const bool enabled_;
   std::vector<uint8_t> bits_;     // Page bit areas, concatenated.
   std::vector<uint8_t> touched_;  // Same shape: written since the current clean cycle began.
+  std::vector<uint8_t> pinned_;   // Same shape: see Pin().
+  uint64_t pinned_regions_ = 0;
   uint64_t marked_regions_ = 0;
   std::unordered_map<uint64_t, uint32_t> in_flight_;  // Region -> writes in flight.
 

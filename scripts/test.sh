@@ -30,6 +30,7 @@ echo "=== release build"
 "$root/scripts/build.sh" "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNBDMIRROR_SANITIZE= \
   -DNBDMIRROR_BUILD_TESTS=ON
 run_ctest unit build -L unit -j "$(nproc)"
+run_ctest sim build -L sim
 run_ctest integration build -L 'integration|e2e'
 
 echo "=== sanitizer build (address,undefined)"
@@ -37,6 +38,7 @@ echo "=== sanitizer build (address,undefined)"
   -DNBDMIRROR_SANITIZE=address,undefined -DNBDMIRROR_BUILD_TESTS=ON
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 run_ctest asan-unit build-asan -L unit -j "$(nproc)"
+run_ctest asan-sim build-asan -L sim
 run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|faults|shutdown|mirror_basic|mirror_bad_peer|mirror_resync|mirror_verify)_test'
 unset ASAN_OPTIONS UBSAN_OPTIONS
 

@@ -213,6 +213,8 @@ class SimReplicator final : public mirror::PeerLink {
   // target generation for the secondary, and marks what the resync must copy.
   mirror::SyncDecision Plan(const Generations& peer, bool peer_up_to_date, Generations& next,
                             uint64_t& target) {
+    // Replicator::ConnectOnce holds client operations from here until the link streams.
+    handshaking_ = true;
     mirror::SyncDecision decision =
         DecideSync(md_.gens, peer, peer_up_to_date, log_.marked_regions() > 0);
     if (mirror::IsRefusal(decision.kind)) {
@@ -223,6 +225,7 @@ class SimReplicator final : public mirror::PeerLink {
     switch (decision.kind) {
       case SyncKind::kNone:
         next.bitmap = next.current;
+        next.current_shared = true;
         break;
       case SyncKind::kIncremental:
         target = peer.current;
@@ -241,8 +244,15 @@ class SimReplicator final : public mirror::PeerLink {
 
   // The end of ConnectOnce: the link is up.
   void OnConnected(bool resync) {
+    handshaking_ = false;
     streaming_ = true;
     ++link_epoch_;
+    // ReleaseHeld: operations held during the handshake go out first.
+    auto held = std::move(held_);
+    held_.clear();
+    for (auto& [msg, done] : held) {
+      SendOrHold(std::move(msg), std::move(done), /*resync=*/false);
+    }
     if (resync) {
       MarkPeerDisk(DiskState::kInconsistent);
       StartResync();
@@ -253,6 +263,20 @@ class SimReplicator final : public mirror::PeerLink {
 
   void OnAck(const Ack& ack);
   void OnClosed();
+  // The handshake failed (cut, or the plan could not be recorded): CompleteHeldUnreplicated.
+  void AbortHandshake() {
+    if (!handshaking_) {
+      return;
+    }
+    handshaking_ = false;
+    auto held = std::move(held_);
+    held_.clear();
+    for (auto& [msg, done] : held) {
+      CompleteUnreplicated(std::move(done));
+    }
+  }
+  // Replicator::OnLocalWriteFailed.
+  void OnLocalWriteFailed() override;
 
   // CleanLoop's condition and CleanOnce.
   bool CanClean() const {
@@ -280,7 +304,7 @@ class SimReplicator final : public mirror::PeerLink {
     md_.peer_disk = state;
   }
   void RecordDivergence() {
-    const bool mint = md_.gens.current == md_.gens.bitmap;
+    const bool mint = md_.gens.current_shared;
     if (peer_disk_ == DiskState::kUpToDate) {
       peer_disk_ = DiskState::kOutdated;
     }
@@ -303,6 +327,9 @@ class SimReplicator final : public mirror::PeerLink {
   const Variant variant_;
   mirror::Volume* volume_ = nullptr;
   bool streaming_ = false;
+  bool handshaking_ = false;
+  bool resync_again_ = false;
+  std::vector<std::pair<Msg, PeerDone>> held_;
   DiskState peer_disk_ = DiskState::kOutdated;  // No clean shutdown recorded.
   std::map<uint64_t, Pending> pending_;
   uint64_t next_seq_ = 1;
@@ -488,6 +515,10 @@ void SimReplicator::SendOrHold(Msg msg, PeerDone done, bool resync) {
     asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
     return;
   }
+  if (handshaking_) {
+    held_.emplace_back(std::move(msg), std::move(done));
+    return;
+  }
   CompleteUnreplicated(std::move(done));
 }
 
@@ -534,7 +565,6 @@ void SimReplicator::StartResync() {
         m.offset_bytes = offset;
         m.length_bytes = data.size();
         m.data.assign(data.begin(), data.end());
-        m.durable = true;
         SendOrHold(std::move(m), std::move(done), /*resync=*/true);
       },
       [this](uint64_t offset, uint64_t length, PeerDone done) {
@@ -543,7 +573,11 @@ void SimReplicator::StartResync() {
         m.kind = Msg::Kind::kZero;
         m.offset_bytes = offset;
         m.length_bytes = length;
-        m.durable = true;
+        SendOrHold(std::move(m), std::move(done), /*resync=*/true);
+      },
+      [this](PeerDone done) {
+        Msg m;
+        m.kind = Msg::Kind::kFlush;
         SendOrHold(std::move(m), std::move(done), /*resync=*/true);
       },
       /*rate_bytes_per_s=*/0);
@@ -566,6 +600,7 @@ void SimReplicator::OnResyncFinished(bool complete) {
   Msg m;
   m.kind = Msg::Kind::kResyncDone;
   m.current_gen = md_.gens.current;
+  md_.gens.current_shared = true;  // Replicator records this before ResyncDone leaves.
   SendOrHold(
       std::move(m),
       [this](PeerOutcome outcome) {
@@ -576,8 +611,28 @@ void SimReplicator::OnResyncFinished(bool complete) {
         md_.gens.bitmap = md_.gens.current;
         md_.peer_disk = DiskState::kUpToDate;
         world_.Trace("A ResyncDone acked: peer UpToDate, " + GensText(md_.gens));
+        if (resync_again_) {
+          resync_again_ = false;
+          OnLocalWriteFailed();
+        }
       },
       /*resync=*/true);
+}
+
+void SimReplicator::OnLocalWriteFailed() {
+  asio::post(io_, [this] {
+    if (!streaming_ || log_.pinned_regions() == 0) {
+      return;
+    }
+    if (resync_running()) {
+      resync_again_ = true;
+      return;
+    }
+    world_.Trace("A local write failed: resync of " + std::to_string(log_.pinned_regions()) +
+                 " pinned regions");
+    MarkPeerDisk(DiskState::kInconsistent);
+    StartResync();
+  });
 }
 
 void SimReplicator::StartClean() {
@@ -651,6 +706,7 @@ void Secondary::Receive(const Msg& msg) {
           }
           md_.gens.current = gen;
           md_.gens.bitmap = gen;
+          md_.gens.current_shared = true;
           md_.disk = DiskState::kUpToDate;
           world_.Trace("B resync done: UpToDate at " + Gen(gen));
         }
@@ -698,6 +754,9 @@ void World::Cut(const std::string& why, bool primary_notices, bool prefix_arrive
   wire_.to_secondary.clear();
   wire_.to_primary.clear();
   ++result_.cuts;
+  if (handshake_ != Handshake::kNone) {
+    primary_->link->AbortHandshake();
+  }
   handshake_ = Handshake::kNone;
   ++handshake_id_;
   if (primary_notices && primary_->link->streaming()) {
@@ -733,6 +792,7 @@ void World::Setup() {
     pmd_.gens.bitmap = g0;
     pmd_.peer_disk = DiskState::kUpToDate;
     smd_.gens.current = smd_.gens.bitmap = g0;
+    pmd_.gens.current_shared = smd_.gens.current_shared = true;
     smd_.disk = DiskState::kUpToDate;
     Trace("setup: paired at " + Gen(g0));
   } else {
@@ -1011,6 +1071,7 @@ void World::DeliverPlan() {
   }
   smd_.gens.current = plan_target_;
   smd_.gens.bitmap = plan_target_;
+  smd_.gens.current_shared = true;
   smd_.disk = plan_resync_ ? DiskState::kInconsistent : DiskState::kUpToDate;
   handshake_ = Handshake::kRecorded;
   Trace("B recorded plan: " + GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk));
@@ -1231,7 +1292,7 @@ std::string World::Report() const {
   out << "SIMULATION FAILED: seed " << options_.seed << " (replay: SIM_SEED=" << options_.seed
       << (options_.variant == Variant::kCleanWithoutFlush ? " SIM_VARIANT=clean-without-flush" : "")
       << (options_.inject_write_eio ? " SIM_EIO=1" : "")
-      << (options_.writes_during_handshake ? " SIM_HANDSHAKE_WRITES=1" : "") << ")\n  " << failure_
+      << (options_.writes_during_handshake ? "" : " SIM_NO_HANDSHAKE_WRITES=1") << ")\n  " << failure_
       << "\n";
   const size_t tail = options_.keep_full_trace ? trace_.size() : 80;
   const size_t from = trace_.size() > tail ? trace_.size() - tail : 0;

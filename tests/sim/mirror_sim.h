@@ -24,12 +24,10 @@ struct ScheduleOptions {
   int steps = 400;                // Random actions before the heal.
   bool inject_write_eio = false;  // Let data-store writes fail with EIO (a few per mille).
   bool keep_full_trace = false;   // Report the whole trace, not only its tail.
-  // Let client writes reach the volume while a handshake is in progress. The engine currently
-  // acknowledges such writes without the peer and, when the plan says the copies are already
-  // in sync, never resyncs them (see mirror_sim_test.cc, the KnownBug test). Off until that is
-  // fixed: a handshake then starts only with no client operation in the volume, and clients
-  // wait for it to end.
-  bool writes_during_handshake = false;
+  // Let client writes reach the volume while a handshake is in progress (the replicator holds
+  // them from its sync decision until the link streams). Off: a handshake starts only with no
+  // client operation in the volume, and clients wait for it to end.
+  bool writes_during_handshake = true;
 };
 
 struct ScheduleResult {

@@ -16,7 +16,7 @@
 //   SIM_SEED=N        run only this seed (replays a failure exactly)
 //   SIM_VARIANT=clean-without-flush   run the broken engine in the main test
 //   SIM_EIO=1         also inject EIO on data-store writes of both hosts
-//   SIM_HANDSHAKE_WRITES=1   let clients write while a handshake runs (the known bug below)
+//   SIM_NO_HANDSHAKE_WRITES=1   keep clients out of handshakes (they write during them by default)
 //   SIM_TRACE=1       print the whole trace of a failing schedule, not only its tail
 
 #include "tests/sim/mirror_sim.h"
@@ -96,7 +96,7 @@ constexpr uint64_t kSearchSchedules = 3000;
 
 // Runs seeds 1..`schedules` (or just SIM_SEED) with `variant`; stops at the first failure.
 Sweep RunSweep(Variant variant, uint64_t schedules,
-               bool writes_during_handshake = EnvSet("SIM_HANDSHAKE_WRITES"),
+               bool writes_during_handshake = !EnvSet("SIM_NO_HANDSHAKE_WRITES"),
                bool inject_write_eio = EnvSet("SIM_EIO")) {
   ScheduleOptions options;
   options.variant = variant;
@@ -171,48 +171,20 @@ TEST(MirrorSimTest, CleanCycleThatSkipsTheFlushesIsCaught) {
               sweep.first_failure->failure.c_str());
 }
 
-// KNOWN BUG (reported, not fixed here). Replicator::ConnectOnce decides the sync plan, then
-// awaits the bitmap's persistence, the SyncPlan send and the secondary's Ready; only then does
-// Streaming() turn true. A client write that fans out in that window is completed kDegraded
-// (CompleteUnreplicated) and acknowledged without the peer. When the plan was `none`, the link
-// then comes up with the peer marked UpToDate and no resync: the secondary never receives the
-// write, the primary's status says the pair is in sync, a failover loses the acknowledged write,
-// and the next clean cycle clears its region so even a later reconnect does not repair it.
-// (Plan also records the generations it computed before the await, so a divergence minted by
-// such a write during the bitmap persistence is overwritten.) The main test keeps client
-// writes out of the handshake window; this test shows the bug is still there. When it is fixed,
-// this test fails: delete it and make ScheduleOptions::writes_during_handshake the default.
-TEST(MirrorSimTest, KnownBugWriteAcknowledgedDuringHandshakeNeverReachesThePeer) {
+// Found by this simulation and fixed: a write acknowledged while a handshake ran was in neither
+// the plan nor the stream (the replicator now holds client operations from its decision until
+// the link streams); a failed local write left the copies different (its regions are now
+// pinned and resynced, and it counts for the next datasync). These sweeps keep both covered:
+// clients write during handshakes in every schedule of the main test, and this one injects EIO.
+TEST(MirrorSimTest, FailedLocalWritesStillLeaveIdenticalCopies) {
   if (EnvNumber("SIM_SEED", 0) != 0) {
     GTEST_SKIP() << "SIM_SEED replays one schedule of the main test";
   }
-  Sweep sweep = RunSweep(Variant::kCorrect, kSearchSchedules, /*writes_during_handshake=*/true);
-  ASSERT_TRUE(sweep.first_failure.has_value())
-      << "no schedule lost a write acknowledged during the handshake: is the bug fixed?";
-  std::printf("reproduced at seed %llu:\n%s", static_cast<unsigned long long>(sweep.failing_seed),
-              sweep.first_failure->failure.c_str());
-}
-
-// KNOWN BUG (reported, not fixed here). A local write that fails with EIO fails the client's
-// request, but the volume leaves the pair inconsistent without recording it:
-//   - the peer may have applied the write: its region is marked, yet the next clean cycle
-//     (local datasync and peer flush both succeed) clears it, so the copies differ for good in
-//     a region the bitmap calls clean;
-//   - sectors of the failed write that did land sit in the cache, but GroupCommit counts only
-//     successful writes, so a later RequestDurable may skip the datasync: Resync copies those
-//     bytes to the peer durably and clears the region, and a power loss on the primary then
-//     loses them there only.
-// The main test injects no EIO (SIM_EIO=1 turns it on); this test shows the bug is still there.
-TEST(MirrorSimTest, KnownBugFailedLocalWriteCanLeaveTheCopiesDifferent) {
-  if (EnvNumber("SIM_SEED", 0) != 0) {
-    GTEST_SKIP() << "SIM_SEED replays one schedule of the main test";
-  }
-  Sweep sweep = RunSweep(Variant::kCorrect, kSearchSchedules, /*writes_during_handshake=*/false,
-                         /*inject_write_eio=*/true);
-  ASSERT_TRUE(sweep.first_failure.has_value())
-      << "no schedule with EIO injected left the copies different: is the bug fixed?";
-  std::printf("reproduced at seed %llu:\n%s", static_cast<unsigned long long>(sweep.failing_seed),
-              sweep.first_failure->failure.c_str());
+  const auto start = std::chrono::steady_clock::now();
+  Sweep sweep = RunSweep(Variant::kCorrect, EnvNumber("SIM_SCHEDULES", kDefaultSchedules),
+                         /*writes_during_handshake=*/true, /*inject_write_eio=*/true);
+  PrintTotals(sweep, std::chrono::steady_clock::now() - start);
+  ASSERT_FALSE(sweep.first_failure.has_value()) << sweep.first_failure->failure;
 }
 
 }  // namespace

@@ -9,7 +9,8 @@
 namespace mirror {
 namespace {
 
-Generations InSync(uint64_t gen) { return {gen, gen, {}}; }
+// A copy in sync with its peer: the peer holds its current generation.
+Generations InSync(uint64_t gen) { return {gen, gen, {}, true}; }
 
 TEST(GenerationsTest, NewSecondaryGetsAFullResync) {
   EXPECT_EQ(DecideSync({7, 0, {}}, {}, false, false).kind, SyncKind::kFull);
@@ -32,10 +33,23 @@ TEST(GenerationsTest, PrimaryThatWroteAloneResyncsIncrementally) {
   EXPECT_NE(primary.current, 7u);
   EXPECT_EQ(primary.bitmap, 7u);
   EXPECT_EQ(primary.history, std::vector<uint64_t>{7});
-  const uint64_t minted = primary.current;
-  DivergeFromPeer(primary);  // Later writes in the same outage mint nothing.
-  EXPECT_EQ(primary.current, minted);
   EXPECT_EQ(DecideSync(primary, InSync(7), true, true).kind, SyncKind::kIncremental);
+  // A second outage (the resync in between was interrupted): still incremental from 7.
+  DivergeFromPeer(primary);
+  EXPECT_EQ(primary.bitmap, 7u);
+  EXPECT_EQ(DecideSync(primary, InSync(7), false, true).kind, SyncKind::kIncremental);
+}
+
+TEST(GenerationsTest, LostResyncDoneAckThenWritesAloneIsNeverTakenForInSync) {
+  // A full resync to generation X of a primary at 7; the secondary adopted 7 at ResyncDone but
+  // its acknowledgement was lost, so the primary still has bitmap X, and then wrote alone.
+  Generations primary{7, 0x99, {}, /*current_shared=*/true};
+  Generations secondary = InSync(7);
+  DivergeFromPeer(primary);
+  EXPECT_EQ(DecideSync(primary, secondary, true, true).kind, SyncKind::kFull);
+  // If the secondary was promoted and wrote too, the old primary rejoining is split brain.
+  DivergeFromPeer(secondary);
+  EXPECT_EQ(DecideSync(secondary, primary, true, true).kind, SyncKind::kSplitBrain);
 }
 
 TEST(GenerationsTest, FailoverAndRejoinIsIncremental) {
@@ -77,6 +91,13 @@ TEST(GenerationsTest, SecondaryManyGenerationsBehindGetsAFullResync) {
 
 TEST(GenerationsTest, CopiesWithNothingInCommonAreUnrelated) {
   EXPECT_EQ(DecideSync(InSync(7), InSync(8), true, false).kind, SyncKind::kUnrelated);
+}
+
+TEST(GenerationsTest, MintedGenerationIsNotSharedUntilThePeerGetsIt) {
+  Generations g = InSync(7);
+  DivergeFromPeer(g);
+  EXPECT_FALSE(g.current_shared);
+  EXPECT_EQ(g.bitmap, 7u);
 }
 
 TEST(GenerationsTest, HistoryKeepsTheNewestFew) {
