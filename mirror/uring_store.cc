@@ -372,20 +372,28 @@ void UringStore::SubmitPending() {
 }
 
 void UringStore::WaitForCompletions() {
-  event_watch_->async_wait(asio::posix::stream_descriptor::wait_read,
-                           [this](const boost::system::error_code& ec) {
-                             if (ec || closing_) {
-                               return;
-                             }
-                             ReapCompletions();
-                             WaitForCompletions();
-                           });
+  // Reading the eventfd as the wait itself, rather than async_wait followed by a read(): asio
+  // re-arms the descriptor with epoll_ctl(EPOLL_CTL_MOD) for every async_wait, but not for a
+  // read, so a wake-up costs the one read that also clears the counter. The reactor reads the
+  // counter before this handler reaps the ring; a completion posted after that read signals
+  // the eventfd again, so none is missed.
+  event_watch_->async_read_some(
+      asio::buffer(&event_counter_, sizeof(event_counter_)),
+      [this](const boost::system::error_code& ec, size_t) {
+        if (closing_ || ec == asio::error::operation_aborted) {
+          return;
+        }
+        if (ec) {
+          spdlog::critical("{}: reading the ring's eventfd: {}; no more completions",
+                           path_, ec.message());
+          return;
+        }
+        ReapCompletions();
+        WaitForCompletions();
+      });
 }
 
 void UringStore::ReapCompletions() {
-  // Drain the counter first: a completion posted after the drain re-signals the eventfd.
-  ssize_t ignored = ::read(event_fd_, &event_counter_, sizeof(event_counter_));
-  (void)ignored;
   io_uring_cqe* cqe = nullptr;
   while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
     Op* op = static_cast<Op*>(io_uring_cqe_get_data(cqe));
