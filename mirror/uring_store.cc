@@ -376,6 +376,10 @@ void UringStore::SubmitPending() {
   if (rc < 0 && rc != -EAGAIN && rc != -EBUSY) {
     spdlog::error("{}: io_uring_submit: {}", path_, std::strerror(-rc));
   }
+  // The loop is awake anyway: take the completions already in the CQ now (a read of shared
+  // memory, no system call), so their callbacks run in this pass and their replies join this
+  // pass's batch instead of waiting for the eventfd's turn.
+  ReapCompletions();
 }
 
 void UringStore::WaitForCompletions() {
