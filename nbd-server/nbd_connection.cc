@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/gathered_write.h"
 #include "nbd-server/nbd_errors.h"
 #include "nbd-server/protocol.h"
 
@@ -508,8 +509,7 @@ asio::awaitable<void> NbdConnection::WriteReplies() {
       }
     }
     if (!socket_broken_) {
-      boost::system::error_code ec;
-      co_await asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+      const boost::system::error_code ec = co_await base::WriteGathered(socket_, buffers);
       if (ec) {
         // The client is gone; its remaining replies are dropped, its requests still complete.
         spdlog::info("nbd {}: {}", client_name_, SocketStatus(ec, "send").ToString());

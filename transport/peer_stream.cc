@@ -3,6 +3,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
+#include "base/gathered_write.h"
+
 namespace transport {
 
 using base::Status;
@@ -102,12 +104,12 @@ asio::awaitable<base::Result<size_t>> PeerStream::ReadSome(asio::mutable_buffer 
   co_return n;
 }
 
-asio::awaitable<Status> PeerStream::WriteAll(const std::vector<asio::const_buffer>& buffers) {
+asio::awaitable<Status> PeerStream::WriteAll(std::vector<asio::const_buffer>& buffers) {
   boost::system::error_code ec;
   if (tls_) {
     co_await asio::async_write(*tls_, buffers, asio::redirect_error(asio::use_awaitable, ec));
   } else {
-    co_await asio::async_write(*plain_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    ec = co_await base::WriteGathered(*plain_, buffers);
   }
   if (ec) {
     co_return StreamError(ec, "send");

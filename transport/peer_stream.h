@@ -36,7 +36,9 @@ class PeerStream {
   asio::awaitable<base::Status> ReadExact(asio::mutable_buffer buffer);
   // Reads what is available (at least one byte).
   asio::awaitable<base::Result<size_t>> ReadSome(asio::mutable_buffer buffer);
-  asio::awaitable<base::Status> WriteAll(const std::vector<asio::const_buffer>& buffers);
+  // Sends all of `buffers`; may consume the vector (plain TCP sends what it can on the spot,
+  // without a trip round the loop).
+  asio::awaitable<base::Status> WriteAll(std::vector<asio::const_buffer>& buffers);
   void Close();
 
   const std::string& remote() const { return remote_; }

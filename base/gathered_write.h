@@ -1,0 +1,76 @@
+#pragma once
+// WriteGathered: sends a batch of buffers on a stream socket, trying one non-blocking sendmsg on
+// the spot before falling back to asio's async_write for whatever the socket did not take.
+//
+// Why: async_write also tries a speculative send at once, but it always reports completion
+// through a posted handler, so a writer coroutine that sends a batch resumes only after one
+// more trip round the loop, and every such trip costs a zero-timeout epoll_wait in asio's
+// scheduler. When the socket buffer has room (nearly always, for replies and acks) the direct
+// send finishes the batch in the same handler.
+//
+// The socket is switched to non-blocking mode for synchronous calls (asio's async operations
+// are unaffected). The buffers are consumed as they are sent: on return `buffers` is empty if
+// everything went out, and what is left otherwise. Returns the first error. Loop thread only;
+// the memory the buffers point to must stay valid until the coroutine resumes.
+
+#include <cstddef>
+#include <vector>
+
+#include "base/asio.h"
+
+namespace base {
+
+// Drops the first `bytes` bytes from `buffers`.
+inline void ConsumeBuffers(std::vector<asio::const_buffer>& buffers, size_t bytes) {
+  size_t whole = 0;
+  while (whole < buffers.size() && bytes >= buffers[whole].size()) {
+    bytes -= buffers[whole].size();
+    ++whole;
+  }
+  buffers.erase(buffers.begin(), buffers.begin() + static_cast<std::ptrdiff_t>(whole));
+  if (bytes > 0) {
+    buffers.front() += bytes;
+  }
+}
+
+template <typename Socket>
+asio::awaitable<boost::system::error_code> WriteGathered(Socket& socket,
+                                                         std::vector<asio::const_buffer>& buffers) {
+  boost::system::error_code ec;
+  if (!socket.non_blocking()) {
+    socket.non_blocking(true, ec);
+    if (ec) {
+      co_return ec;
+    }
+  }
+  // asio hands at most kMaxBuffersPerCall buffers to one sendmsg; go on while the socket takes
+  // all it is offered, stop (and wait asynchronously) as soon as it takes less.
+  constexpr size_t kMaxBuffersPerCall = 64;
+  while (!buffers.empty()) {
+    size_t offered = 0;
+    for (size_t i = 0; i < buffers.size() && i < kMaxBuffersPerCall; ++i) {
+      offered += buffers[i].size();
+    }
+    const size_t sent = socket.write_some(buffers, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      ec.clear();
+      break;
+    }
+    if (ec) {
+      co_return ec;
+    }
+    ConsumeBuffers(buffers, sent);
+    if (sent < offered) {
+      break;
+    }
+  }
+  if (!buffers.empty()) {
+    co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      buffers.clear();
+    }
+  }
+  co_return ec;
+}
+
+}  // namespace base
