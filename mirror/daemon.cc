@@ -171,6 +171,7 @@ Status OpenIntentLog(Node& node) {
   }
   UringStoreOptions store_options;
   store_options.direct_io = node.options.direct_io;
+  store_options.dsync = true;
   auto store = UringStore::Open(node.io, node.metadata->path(), store_options);
   if (!store.ok()) {
     return store.status();
@@ -181,6 +182,7 @@ Status OpenIntentLog(Node& node) {
   node.intent_log = std::make_unique<WriteIntentLog>(
       node.io, node.metadata_store.get(), md.size_bytes, md.region_bytes, bits.TakeValue(),
       node.options.write_intent_bitmap && !standalone);
+  node.intent_log->set_writes_are_durable(true);
   if (!node.options.write_intent_bitmap) {
     spdlog::warn("--no-write-intent-bitmap: every resync after an outage copies the volume");
   }

@@ -44,7 +44,8 @@ base::Result<std::unique_ptr<UringStore>> UringStore::Open(asio::io_context& io,
                                                            const std::string& path,
                                                            UringStoreOptions options) {
   std::unique_ptr<UringStore> store(new UringStore(io, path));
-  store->buffered_fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  const int sync_flag = options.dsync ? O_DSYNC : 0;
+  store->buffered_fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC | sync_flag);
   if (store->buffered_fd_ < 0) {
     return Status::FromErrno("open " + path);
   }
@@ -64,7 +65,7 @@ base::Result<std::unique_ptr<UringStore>> UringStore::Open(asio::io_context& io,
   }
   store->direct_fd_ = store->buffered_fd_;
   if (options.direct_io) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT | sync_flag);
     // tmpfs and some FUSE file systems refuse O_DIRECT with EINVAL: serve them buffered.
     const uint32_t alignment = fd >= 0 ? ProbeDirectAlignment(fd) : 0;
     if (alignment != 0) {

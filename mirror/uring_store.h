@@ -34,6 +34,7 @@ namespace mirror {
 struct UringStoreOptions {
   bool direct_io = true;          // Try O_DIRECT; fall back to buffered I/O where refused.
   unsigned queue_entries = 256;
+  bool dsync = false;  // O_DSYNC: a completed write is already durable (metadata pages).
 };
 
 class UringStore final : public LocalStore {

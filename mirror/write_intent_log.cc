@@ -205,7 +205,7 @@ void WriteIntentLog::OnRoundWritten(Status status) {
   if (--round_writes_left_ > 0) {
     return;
   }
-  if (!round_status_.ok()) {
+  if (!round_status_.ok() || writes_are_durable_) {
     OnRoundSynced(round_status_);
     return;
   }

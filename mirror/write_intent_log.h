@@ -63,6 +63,9 @@ class WriteIntentLog {
                  uint64_t region_bytes, std::vector<uint8_t> bits, bool enabled = true);
 
   bool enabled() const { return enabled_; }
+  // The metadata store's writes are durable once complete (opened O_DSYNC): a round is one
+  // write per page (a FUA write on most disks) with no datasync after it.
+  void set_writes_are_durable(bool durable) { writes_are_durable_ = durable; }
   uint64_t region_bytes() const { return region_bytes_; }
   uint64_t volume_bytes() const { return volume_bytes_; }
 
@@ -122,6 +125,7 @@ class WriteIntentLog {
   const uint64_t region_bytes_;
   const uint64_t region_count_;
   const bool enabled_;
+  bool writes_are_durable_ = false;
   std::vector<uint8_t> bits_;     // Page bit areas, concatenated.
   std::vector<uint8_t> touched_;  // Same shape: written since the current clean cycle began.
   std::vector<uint8_t> pinned_;   // Same shape: see Pin().

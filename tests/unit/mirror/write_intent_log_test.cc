@@ -78,6 +78,17 @@ TEST_F(WriteIntentLogTest, WriteIntoCleanRegionWaitsUntilItsMarkIsDurable) {
   EXPECT_EQ(log_.marked_regions(), 1u);
 }
 
+TEST_F(WriteIntentLogTest, DurableWritesMakeARoundWithoutADatasync) {
+  log_.set_writes_are_durable(true);
+  bool ready = false;
+  log_.Mark(0, 4096, [&](base::Status st) { ready = st.ok(); });
+  ASSERT_TRUE(meta_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  Drain(io_);
+  EXPECT_TRUE(ready);
+  EXPECT_EQ(meta_.pending_count(), 0u);
+  EXPECT_EQ(log_.stats().datasyncs, 0u);
+}
+
 TEST_F(WriteIntentLogTest, MarkedRegionsCostNoMetadataIo) {
   log_.Mark(0, 4096, [](base::Status) {});
   CompleteRound();
