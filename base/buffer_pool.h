@@ -65,6 +65,17 @@ class BufferPool {
   // Registers a one-shot callback run (synchronously, on the loop) at the next release.
   void NotifyOnRelease(std::function<void()> callback);
 
+  // For background walkers (resync, verify) that give way to client I/O when the budget is
+  // spent: calls (owner->*resume)() at the next release, unless the owner is gone by then.
+  template <typename T>
+  void ResumeOnRelease(const std::shared_ptr<T>& owner, void (T::*resume)()) {
+    NotifyOnRelease([weak = std::weak_ptr<T>(owner), resume] {
+      if (auto self = weak.lock()) {
+        ((*self).*resume)();
+      }
+    });
+  }
+
   size_t budget_bytes() const { return budget_bytes_; }
   size_t in_use_bytes() const { return in_use_bytes_; }
 

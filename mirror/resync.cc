@@ -66,12 +66,16 @@ bool Resync::WaitForRate(uint64_t length_bytes) {
   std::weak_ptr<Resync> weak = weak_from_this();
   rate_timer_.async_wait([weak](const boost::system::error_code&) {
     if (auto self = weak.lock()) {
-      self->waiting_ = false;
-      self->Pump();
-      self->MaybeFinish();
+      self->Resume();
     }
   });
   return true;
+}
+
+void Resync::Resume() {
+  waiting_ = false;
+  Pump();
+  MaybeFinish();
 }
 
 void Resync::Pump() {
@@ -125,14 +129,7 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
     --copying_;
     --unconfirmed_;
     waiting_ = true;
-    std::weak_ptr<Resync> weak = weak_from_this();
-    pool_.NotifyOnRelease([weak] {
-      if (auto self = weak.lock()) {
-        self->waiting_ = false;
-        self->Pump();
-        self->MaybeFinish();
-      }
-    });
+    pool_.ResumeOnRelease(shared_from_this(), &Resync::Resume);
     return;
   }
   auto holder = std::make_shared<base::Buffer>(std::move(*buffer));

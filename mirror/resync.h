@@ -67,6 +67,8 @@ class Resync : public std::enable_shared_from_this<Resync> {
 
  private:
   void Pump();
+  // After waiting for a buffer or for the rate limit.
+  void Resume();
   bool WaitForRate(uint64_t length_bytes);
   void CopyBlock(uint64_t offset_bytes, uint64_t length_bytes, InflightRanges::Ticket ticket);
   void OnBlockSent(InflightRanges::Ticket ticket, uint64_t offset_bytes, uint64_t length_bytes,

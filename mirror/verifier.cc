@@ -31,6 +31,12 @@ void Verifier::Cancel(const std::string& why) {
   MaybeFinish();
 }
 
+void Verifier::ResumeAfterBuffer() {
+  waiting_for_buffer_ = false;
+  Pump();
+  MaybeFinish();
+}
+
 void Verifier::Pump() {
   while (progress_.error.empty() && !waiting_for_buffer_ && in_flight_ < kMaxInFlight &&
          next_offset_ < progress_.total_bytes) {
@@ -56,14 +62,7 @@ void Verifier::CheckBlock(uint64_t offset, uint64_t length, InflightRanges::Tick
     next_offset_ = std::min(next_offset_, offset);
     --in_flight_;
     waiting_for_buffer_ = true;
-    std::weak_ptr<Verifier> weak = weak_from_this();
-    pool_.NotifyOnRelease([weak] {
-      if (auto self = weak.lock()) {
-        self->waiting_for_buffer_ = false;
-        self->Pump();
-        self->MaybeFinish();
-      }
-    });
+    pool_.ResumeOnRelease(shared_from_this(), &Verifier::ResumeAfterBuffer);
     return;
   }
   auto holder = std::make_shared<base::Buffer>(std::move(*buffer));

@@ -56,6 +56,7 @@ class Verifier : public std::enable_shared_from_this<Verifier> {
 
  private:
   void Pump();
+  void ResumeAfterBuffer();
   void CheckBlock(uint64_t offset_bytes, uint64_t length_bytes, InflightRanges::Ticket ticket);
   void OnBlockDone(InflightRanges::Ticket ticket, uint64_t offset_bytes, uint64_t length_bytes,
                    bool differs, const std::string& error);

@@ -26,7 +26,8 @@ WriteIntentLog::WriteIntentLog(asio::io_context& io, LocalStore* meta_store,
   CHECK(bits_.size() == BitmapPageCount(region_count_) * kBitmapAreaBytes);
   touched_.assign(bits_.size(), 0);
   pinned_.assign(bits_.size(), 0);
-  page_needs_round_.assign(bits_.size() / kBitmapAreaBytes, 0);
+  unsynced_.assign(bits_.size(), 0);
+  in_round_.assign(bits_.size(), 0);
   for (uint8_t byte : bits_) {
     marked_regions_ += std::popcount(byte);
   }
@@ -49,6 +50,7 @@ bool WriteIntentLog::Set(uint64_t region) {
     return false;
   }
   byte |= mask;
+  unsynced_[region / 8] |= mask;
   ++marked_regions_;
   return true;
 }
@@ -62,6 +64,8 @@ void WriteIntentLog::Clear(uint64_t region) {
   }
   if (byte & mask) {
     byte &= static_cast<uint8_t>(~mask);
+    unsynced_[region / 8] &= static_cast<uint8_t>(~mask);
+    in_round_[region / 8] &= static_cast<uint8_t>(~mask);
     --marked_regions_;
     ++stats_.cleared_regions;
     SchedulePage(region / kBitsPerPage);
@@ -93,12 +97,15 @@ bool WriteIntentLog::Mark(uint64_t offset_bytes, uint64_t length_bytes, StoreDon
   for (uint64_t r = first; r < end; ++r) {
     ++in_flight_[r];
     touched_[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
-    const uint64_t page = r / kBitsPerPage;
     if (Set(r)) {
-      SchedulePage(page);
-      page_needs_round_[page] = rounds_started_ + 1;
+      SchedulePage(r / kBitsPerPage);
     }
-    needs_round = std::max(needs_round, page_needs_round_[page]);
+    // A bit already durable needs nothing, whatever else of its page is being written.
+    if ((unsynced_[r / 8] >> (r % 8)) & 1) {
+      needs_round = std::max(needs_round, rounds_started_ + 1);
+    } else if ((in_round_[r / 8] >> (r % 8)) & 1) {
+      needs_round = std::max(needs_round, rounds_started_);
+    }
   }
   if (!failure_.ok()) {
     asio::post(io_, [ready = std::move(ready), st = failure_] { ready(st); });
@@ -137,7 +144,6 @@ void WriteIntentLog::MarkRange(uint64_t offset_bytes, uint64_t length_bytes) {
   for (uint64_t r = first; r < end; ++r) {
     if (Set(r)) {
       SchedulePage(r / kBitsPerPage);
-      page_needs_round_[r / kBitsPerPage] = rounds_started_ + 1;
     }
   }
 }
@@ -177,10 +183,14 @@ void WriteIntentLog::StartRound() {
   ++rounds_started_;
   round_status_ = Status::Ok();
   round_pages_.clear();
-  const std::set<uint64_t> pages = std::move(scheduled_pages_);
+  round_page_indices_.assign(scheduled_pages_.begin(), scheduled_pages_.end());
   scheduled_pages_.clear();
-  round_writes_left_ = pages.size();
-  for (uint64_t page : pages) {
+  round_writes_left_ = round_page_indices_.size();
+  for (uint64_t page : round_page_indices_) {
+    // The bits set so far are in this round's image of the page.
+    const auto area = static_cast<std::ptrdiff_t>(page * kBitmapAreaBytes);
+    std::copy_n(unsynced_.begin() + area, kBitmapAreaBytes, in_round_.begin() + area);
+    std::fill_n(unsynced_.begin() + area, kBitmapAreaBytes, 0);
     auto* raw = static_cast<std::byte*>(std::aligned_alloc(kBitmapPageBytes, kBitmapPageBytes));
     CHECK(raw != nullptr);
     round_pages_.emplace_back(raw);
@@ -224,6 +234,10 @@ void WriteIntentLog::OnRoundSynced(Status status) {
     return;
   }
   durable_round_ = rounds_started_;
+  for (uint64_t page : round_page_indices_) {
+    std::fill_n(in_round_.begin() + static_cast<std::ptrdiff_t>(page * kBitmapAreaBytes),
+                kBitmapAreaBytes, 0);
+  }
   // Waiters for this round and earlier ones.
   std::vector<StoreDone> ready;
   while (!waiters_.empty() && waiters_.begin()->first <= durable_round_) {

@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <map>
+#include <memory_resource>
 #include <optional>
 #include <set>
 #include <unordered_map>
@@ -129,14 +130,22 @@ class WriteIntentLog {
   std::vector<uint8_t> bits_;     // Page bit areas, concatenated.
   std::vector<uint8_t> touched_;  // Same shape: written since the current clean cycle began.
   std::vector<uint8_t> pinned_;   // Same shape: see Pin().
+  // Same shape, bits set but not yet durable: `unsynced_` for the next round, `in_round_` for
+  // the running one. A write into a region whose bit is durable goes ahead at once, even while
+  // other regions of its page wait for a round.
+  std::vector<uint8_t> unsynced_;
+  std::vector<uint8_t> in_round_;
   uint64_t pinned_regions_ = 0;
   uint64_t marked_regions_ = 0;
-  std::unordered_map<uint64_t, uint32_t> in_flight_;  // Region -> writes in flight.
+  // Region -> writes in flight. Its nodes come from a pool that keeps freed nodes for reuse:
+  // once the map has held as many regions as the workload keeps in flight, Mark/Unmark do not
+  // allocate (this is on every client write's path).
+  std::pmr::unsynchronized_pool_resource in_flight_pool_;
+  std::pmr::unordered_map<uint64_t, uint32_t> in_flight_{&in_flight_pool_};
 
   // Persistence in rounds: a round writes every scheduled page, then fdatasyncs. Round r's
   // waiters run when it completes.
   std::set<uint64_t> scheduled_pages_;             // For the next round.
-  std::vector<uint64_t> page_needs_round_;         // Round that makes the page's sets durable.
   std::map<uint64_t, std::vector<StoreDone>> waiters_;  // By round.
   uint64_t rounds_started_ = 0;
   uint64_t durable_round_ = 0;
@@ -148,6 +157,7 @@ class WriteIntentLog {
   };
   // 4 KiB-aligned page images of the running round (O_DIRECT), kept until it completes.
   std::vector<std::unique_ptr<std::byte, FreeDeleter>> round_pages_;
+  std::vector<uint64_t> round_page_indices_;  // The pages the running round writes.
 
   uint64_t clean_cycle_ = 0;
   base::Status failure_;

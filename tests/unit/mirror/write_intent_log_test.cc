@@ -111,6 +111,37 @@ TEST_F(WriteIntentLogTest, WriteToARegionWhoseMarkIsStillInFlightWaitsToo) {
   EXPECT_EQ(ready, 2);
 }
 
+TEST_F(WriteIntentLogTest, DurableRegionIsNotHeldUpByANewMarkInTheSamePage) {
+  log_.Mark(0, 4096, [](base::Status) {});
+  CompleteRound();
+  log_.Unmark(0, 4096);
+  // Region 5 (same bitmap page) starts a round; region 0 is durably marked already, so a write
+  // into it goes ahead while that round runs, and after it, even with region 7 waiting next.
+  bool five_ready = false;
+  EXPECT_FALSE(log_.Mark(5 * kRegion, 4096, [&](base::Status st) { five_ready = st.ok(); }));
+  EXPECT_TRUE(log_.Mark(0, 4096, [](base::Status) { FAIL(); }));
+  log_.Unmark(0, 4096);
+  bool seven_ready = false;
+  EXPECT_FALSE(log_.Mark(7 * kRegion, 4096, [&](base::Status st) { seven_ready = st.ok(); }));
+  // Region 5 again while its mark is in flight: it waits.
+  bool five_again = false;
+  EXPECT_FALSE(log_.Mark(5 * kRegion + 8192, 4096, [&](base::Status st) { five_again = st.ok(); }));
+  EXPECT_TRUE(log_.Mark(0, 4096, [](base::Status) { FAIL(); }));
+  log_.Unmark(0, 4096);
+  CompleteRound();
+  EXPECT_TRUE(five_ready);
+  EXPECT_TRUE(five_again);
+  EXPECT_FALSE(seven_ready);
+  EXPECT_TRUE(DurablyMarked(5));
+  CompleteRound();
+  EXPECT_TRUE(seven_ready);
+  EXPECT_TRUE(DurablyMarked(7));
+  // Both durable now: no waiting, no I/O.
+  EXPECT_TRUE(log_.Mark(5 * kRegion, 4096, [](base::Status) { FAIL(); }));
+  EXPECT_TRUE(log_.Mark(7 * kRegion, 4096, [](base::Status) { FAIL(); }));
+  EXPECT_EQ(meta_.pending_count(), 0u);
+}
+
 TEST_F(WriteIntentLogTest, MarksArrivingTogetherShareOneRound) {
   int ready = 0;
   for (uint64_t r = 0; r < 10; ++r) {
