@@ -4,21 +4,23 @@
 #
 #   resync     full resync throughput of a RESYNC_SIZE volume filled with random data (primary and
 #              standby on loopback, --resync-rate 0) against the raw sequential write speed of the
-#              same disk (fio, io_uring engine, O_DIRECT, 1 MiB, QD8, the same size). Then an
+#              same disk (fio, io_uring engine, O_DIRECT, 1 MiB, QD8, the same size), and against
+#              a raw copy on that disk (reading the source while writing a new file). Then an
 #              incremental resync after RESYNC_DIRTY_WRITES random 4 KiB writes made while the
 #              standby was down: bytes marked, bytes resynced, time, throughput.
 #   tracking   the cost of dirty tracking: 4 KiB random writes at QD32 over TRACK_SIZE (fio nbd
-#              engine, one connection, TRACK_RUNTIME s) on a mirrored pair (--mode flush, the
-#              bitmap's clean cycles running) with the write-intent bitmap on and with
-#              --no-write-intent-bitmap, alternating, TRACK_REPS repetitions; each pair gets a
-#              cold pass (just paired: first writes into each region wait for its mark) and a
-#              warm pass (steady state); medians, ratios, metadata writes per 1000 writes.
+#              engine, one connection, TRACK_RUNTIME s) on two mirrored pairs running side by
+#              side (--mode flush, the bitmap's clean cycles running), one with the write-intent
+#              bitmap and one with --no-write-intent-bitmap, TRACK_REPS repetitions; each pair
+#              gets a cold pass (just paired: first writes into each region wait for its mark),
+#              then TRACK_WARM_PASSES warm passes back to back (steady state); which pair goes
+#              first alternates; medians, ratios, metadata writes per 1000 writes.
 #   outage     a mirrored pair (--mode sync) under a steady load (fio, 4 KiB random writes at
 #              OUTAGE_IOPS): the standby is SIGKILLed, stays down OUTAGE_S seconds, restarts; the
 #              time from its restart to UpToDate (load still running), bytes marked and resynced.
 #
 # Settings (environment): RESYNC_SIZE=2G RESYNC_REPS=3 RESYNC_DIRTY_WRITES=20000
-#   TRACK_SIZE=1G TRACK_RUNTIME=10 TRACK_REPS=3 OUTAGE_S=60 OUTAGE_IOPS=1000
+#   TRACK_SIZE=1G TRACK_RUNTIME=10 TRACK_REPS=3 TRACK_WARM_PASSES=4 OUTAGE_S=60 OUTAGE_IOPS=1000
 #   BENCH_PARTS="resync tracking outage" BENCH_TMPDIR=/var/tmp BENCH_OUT=bench/out
 #   NBDMIRROR_BIN=build/nbdmirror (copied before the run)
 # Output: bench/out/<timestamp>-resync/ with results.jsonl, raw fio/daemon output, meta.txt and
@@ -34,6 +36,7 @@ RESYNC_DIRTY_WRITES=${RESYNC_DIRTY_WRITES:-20000}
 TRACK_SIZE=${TRACK_SIZE:-1G}
 TRACK_RUNTIME=${TRACK_RUNTIME:-10}
 TRACK_REPS=${TRACK_REPS:-3}
+TRACK_WARM_PASSES=${TRACK_WARM_PASSES:-4}
 OUTAGE_S=${OUTAGE_S:-60}
 OUTAGE_IOPS=${OUTAGE_IOPS:-1000}
 BENCH_PARTS=${BENCH_PARTS:-resync tracking outage}
@@ -75,7 +78,7 @@ track_bytes=$(numfmt --from=iec "$TRACK_SIZE")
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "command: $0 $*"
-  echo "settings: RESYNC_SIZE=$RESYNC_SIZE RESYNC_REPS=$RESYNC_REPS RESYNC_DIRTY_WRITES=$RESYNC_DIRTY_WRITES TRACK_SIZE=$TRACK_SIZE TRACK_RUNTIME=$TRACK_RUNTIME TRACK_REPS=$TRACK_REPS OUTAGE_S=$OUTAGE_S OUTAGE_IOPS=$OUTAGE_IOPS"
+  echo "settings: RESYNC_SIZE=$RESYNC_SIZE RESYNC_REPS=$RESYNC_REPS RESYNC_DIRTY_WRITES=$RESYNC_DIRTY_WRITES TRACK_SIZE=$TRACK_SIZE TRACK_RUNTIME=$TRACK_RUNTIME TRACK_REPS=$TRACK_REPS TRACK_WARM_PASSES=$TRACK_WARM_PASSES OUTAGE_S=$OUTAGE_S OUTAGE_IOPS=$OUTAGE_IOPS"
   echo "git: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "binary sha256: $(sha256sum "$bin" | cut -c1-16)"
   echo "cpus: $(nproc); kernel $(uname -r); disk of $BENCH_TMPDIR: $(df --output=source "$BENCH_TMPDIR" | tail -1)"
@@ -164,6 +167,20 @@ part_resync() {
     fresh "$b" "$size_bytes"
     fio --name=fill --filename="$a" --size="$size_bytes" --rw=write --bs=1M --iodepth=8 \
       --ioengine=io_uring --direct=1 --refill_buffers --end_fsync=1 >/dev/null
+    # The ceiling of a copy on this one disk, where both copies live here: reading the source
+    # while writing a new file, at once (1 MiB, QD8 each); rate = size / the slower job's time.
+    drop_caches
+    fio --output-format=json --output="$out/raw/copy-$rep.json" \
+      --name=read --filename="$a" --size="$size_bytes" --rw=read --bs=1M --iodepth=8 \
+      --ioengine=io_uring --direct=1 \
+      --name=write --filename="$raw" --size="$size_bytes" --rw=write --bs=1M --iodepth=8 \
+      --ioengine=io_uring --direct=1 --end_fsync=1 >/dev/null
+    local copy_bw
+    copy_bw=$(jq --argjson s "$size_bytes" '$s * 1000 / ([.jobs[].job_runtime] | max) | floor' \
+      "$out/raw/copy-$rep.json")
+    rm -f -- "$raw"
+    record "{\"part\":\"resync\",\"case\":\"raw-copy\",\"rep\":$rep,\"bytes_per_s\":$copy_bw}"
+    log "rep $rep: raw copy on the same disk $((copy_bw >> 20)) MiB/s"
     drop_caches
     local t0 secs
     t0=$(now_s)
@@ -202,43 +219,83 @@ part_resync() {
 }
 
 # ---- part 2: cost of dirty tracking -------------------------------------------------------------
+# Both variants run side by side: per repetition a pair with the bitmap and a pair without it are
+# started on identical, fully written copies of one template. Each pair in turn gets a cold pass
+# (just paired: every first write into a region waits for its mark) and then TRACK_WARM_PASSES
+# warm passes back to back (a pair must not idle longer than a clean cycle between passes, or the
+# cycle clears its idle regions and the next pass is cold again). Which pair goes first alternates
+# per repetition, so the disk's drift on a shared VM falls on both sides.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # utime + stime of PID
+track_pass() {  # VARIANT PASS REP VOLUME URI PRIMARY_PID STANDBY_PID
+  local variant=$1 pass=$2 rep=$3 volume=$4 uri=$5 primary=$6 standby=$7 m0 m1 w0 w1 iops per1000
+  local json=$out/raw/track-$variant-$pass-$rep.json c0 c1
+  m0=$(field "$volume" metadata_writes)
+  w0=$(field "$volume" writes)
+  c0=$(($(cpu_ticks "$primary") + $(cpu_ticks "$standby")))
+  fio --name=w4k_qd32 --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 \
+    --size="$track_bytes" --time_based --runtime="$TRACK_RUNTIME" --ramp_time=2 \
+    --output-format=json --output="$json" >/dev/null
+  c1=$(($(cpu_ticks "$primary") + $(cpu_ticks "$standby")))
+  m1=$(field "$volume" metadata_writes)
+  w1=$(field "$volume" writes)
+  iops=$(jq '.jobs[0].write.iops' "$json")
+  per1000=$(((m1 - m0) * 1000 / (w1 - w0)))
+  # CPU of both daemons per client write (ramp included), in µs: less noisy than IOPS.
+  local cpu_us
+  cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v w=$((w1 - w0)) \
+    'BEGIN { printf "%.2f", t / hz * 1e6 / w }')
+  local kind=${pass%%-*}
+  record "{\"part\":\"tracking\",\"case\":\"$variant-$kind\",\"rep\":$rep,\"pass\":\"$pass\",\"iops\":$iops,\"metadata_writes_per_1000\":$per1000,\"cpu_us_per_write\":$cpu_us}"
+  log "rep $rep: bitmap $variant, $pass: $(printf '%.0f' "$iops") IOPS, ${per1000} metadata writes per 1000 writes, ${cpu_us} µs CPU per write"
+}
+
 part_tracking() {
-  local rep variant a=$scratch/ta.img b=$scratch/tb.img
+  local rep template=$scratch/track-template.img
+  local on_a=$scratch/ta-on.img on_b=$scratch/tb-on.img off_a=$scratch/ta-off.img
+  local off_b=$scratch/tb-off.img
+  # Fully written volumes: writes into holes would also allocate blocks, adding file-system work
+  # and noise to what is measured.
+  rm -f -- "$template"
+  fio --name=template --filename="$template" --size="$track_bytes" --rw=write --bs=1M \
+    --iodepth=8 --ioengine=io_uring --direct=1 --end_fsync=1 >/dev/null
   for ((rep = 1; rep <= TRACK_REPS; rep++)); do
-    local order=(on off)
+    local f
+    for f in "$on_a" "$on_b" "$off_a" "$off_b"; do
+      fresh "$f" 0
+      cp -- "$template" "$f"
+    done
+    run_label=track-on-$rep
+    pair "$on_a" "$on_b" flush --skip-initial-sync
+    local on_pa=$pa on_pb=$pb on_uri=$uri
+    run_label=track-off-$rep
+    pair "$off_a" "$off_b" flush --skip-initial-sync --no-write-intent-bitmap
+    local off_pa=$pa off_pb=$pb off_uri=$uri
+    wait_in_sync "$on_a" 60
+    wait_in_sync "$off_a" 60
+    drop_caches
+    local order=(on off) variant i volume uri pids
     ((rep % 2 == 0)) && order=(off on)
     for variant in "${order[@]}"; do
-      run_label=track-$variant-$rep
-      fresh "$a" "$track_bytes"
-      fresh "$b" "$track_bytes"
-      local extra=()
-      [[ $variant == off ]] && extra=(--no-write-intent-bitmap)
-      pair "$a" "$b" flush --skip-initial-sync "${extra[@]}"
-      wait_in_sync "$a" 60
-      drop_caches
-      # Two passes on the same pair: "cold" right after pairing, where every write into a
-      # region not yet marked waits for its mark; then "warm", the steady state of a working
-      # set that stays marked (the metadata writes of each pass come from the status deltas).
-      local pass iops m0 m1 w0 w1 per1000
-      for pass in cold warm; do
-        m0=$(field "$a" metadata_writes)
-        w0=$(field "$a" writes)
-        fio --name=w4k_qd32 --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 \
-          --size="$track_bytes" --time_based --runtime="$TRACK_RUNTIME" --ramp_time=2 \
-          --output-format=json --output="$out/raw/track-$variant-$pass-$rep.json" >/dev/null
-        m1=$(field "$a" metadata_writes)
-        w1=$(field "$a" writes)
-        iops=$(jq '.jobs[0].write.iops' "$out/raw/track-$variant-$pass-$rep.json")
-        per1000=$(((m1 - m0) * 1000 / (w1 - w0)))
-        record "{\"part\":\"tracking\",\"case\":\"$variant-$pass\",\"rep\":$rep,\"iops\":$iops,\"metadata_writes_per_1000\":$per1000}"
-        log "rep $rep: bitmap $variant, $pass: $(printf '%.0f' "$iops") IOPS, ${per1000} metadata writes per 1000 writes"
+      if [[ $variant == on ]]; then
+        volume=$on_a uri=$on_uri pids=("$on_pa" "$on_pb")
+      else
+        volume=$off_a uri=$off_uri pids=("$off_pa" "$off_pb")
+      fi
+      track_pass "$variant" cold "$rep" "$volume" "$uri" "${pids[@]}"
+      # Not counted: lets the disk settle after the cold pass's synchronous metadata writes.
+      track_pass "$variant" settle "$rep" "$volume" "$uri" "${pids[@]}"
+      for ((i = 1; i <= TRACK_WARM_PASSES; i++)); do
+        track_pass "$variant" "warm-$i" "$rep" "$volume" "$uri" "${pids[@]}"
       done
-      status "$a" >"$out/raw/track-$variant-$rep.status.json"
-      stop "$pa"
-      stop "$pb"
     done
+    status "$on_a" >"$out/raw/track-on-$rep.status.json"
+    status "$off_a" >"$out/raw/track-off-$rep.status.json"
+    stop "$on_pa"
+    stop "$on_pb"
+    stop "$off_pa"
+    stop "$off_pb"
   done
-  rm -f -- "$a" "$b"
+  rm -f -- "$template" "$on_a" "$on_b" "$off_a" "$off_b"
 }
 
 # ---- part 3: recovery after an outage under load -----------------------------------------------

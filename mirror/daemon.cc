@@ -183,6 +183,7 @@ Status OpenIntentLog(Node& node) {
       node.io, node.metadata_store.get(), md.size_bytes, md.region_bytes, bits.TakeValue(),
       node.options.write_intent_bitmap && !standalone);
   node.intent_log->set_writes_are_durable(true);
+  node.intent_log->set_mark_ahead_bytes(kMarkAheadBytes);
   if (!node.options.write_intent_bitmap) {
     spdlog::warn("--no-write-intent-bitmap: every resync after an outage copies the volume");
   }
@@ -369,6 +370,7 @@ Status StartPrimary(Node& node, bool peer_known_good) {
     r.skip_initial_sync = o.skip_initial_sync;
     r.resync_rate_bytes_per_s = o.resync_rate_bytes_per_s;
     r.clean_interval = o.bitmap_clean_interval;
+    r.keep_marked_bytes = o.bitmap_keep_marked_bytes;
     node.replicator = std::make_unique<Replicator>(node.io, r, *node.metadata, *node.intent_log,
                                                    *node.pool, peer_known_good);
   }

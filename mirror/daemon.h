@@ -51,6 +51,7 @@ struct DaemonOptions {
   bool write_intent_bitmap = true;   // false: every resync after an outage is full (benchmarks).
   uint64_t resync_rate_bytes_per_s = 0;  // 0: unlimited.
   std::chrono::milliseconds bitmap_clean_interval{5000};
+  uint64_t bitmap_keep_marked_bytes = 4ull << 30;
 };
 
 // Runs until a signal stops it. Returns OK after a clean drain and final datasync.

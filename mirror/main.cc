@@ -8,8 +8,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 #include <iostream>
+#include <limits>
+#include <thread>
 
 #include "base/endpoint.h"
 #include "mirror/control_server.h"
@@ -31,16 +32,18 @@ struct RawFlags {
   uint64_t bitmap_region_kib = 0;
   bool no_write_intent_bitmap = false;
   uint64_t bitmap_clean_ms = 5000;
+  std::string bitmap_keep_marked = "4G";
 };
 
-// "0", "40M", "512K", "1G", "100000": bytes per second (K, M, G are powers of 1024).
-base::Result<uint64_t> ParseRate(const std::string& text) {
+// "0", "40M", "512K", "1G", "100000": bytes (K, M, G are powers of 1024). `flag` names the
+// option in the error.
+base::Result<uint64_t> ParseBytes(const std::string& flag, const std::string& text) {
   uint64_t value = 0;
   size_t used = 0;
   try {
     value = std::stoull(text, &used);
   } catch (...) {
-    return base::Status::Error(EINVAL, "--resync-rate takes a number with an optional K, M or G");
+    return base::Status::Error(EINVAL, flag + " takes a number with an optional K, M or G");
   }
   const std::string unit = text.substr(used);
   const uint64_t scale = unit.empty() ? 1
@@ -48,8 +51,9 @@ base::Result<uint64_t> ParseRate(const std::string& text) {
                          : unit == "M" || unit == "m" ? 1024 * 1024
                          : unit == "G" || unit == "g" ? 1024ull * 1024 * 1024
                                                       : 0;
-  if (scale == 0 || text.empty() || text[0] == '-') {
-    return base::Status::Error(EINVAL, "--resync-rate takes a number with an optional K, M or G");
+  if (scale == 0 || text.empty() || text[0] == '-' ||
+      value > std::numeric_limits<uint64_t>::max() / scale) {
+    return base::Status::Error(EINVAL, flag + " takes a number with an optional K, M or G");
   }
   return value * scale;
 }
@@ -84,7 +88,7 @@ base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
   options.direct_io = !raw.no_direct_io;
   options.buffer_budget_bytes = raw.buffer_mib << 20;
   options.peer_timeout = std::chrono::milliseconds(raw.peer_timeout_ms);
-  auto rate = ParseRate(raw.resync_rate);
+  auto rate = ParseBytes("--resync-rate", raw.resync_rate);
   if (!rate.ok()) {
     return rate.status();
   }
@@ -96,6 +100,11 @@ base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
   options.bitmap_region_bytes = region;
   options.write_intent_bitmap = !raw.no_write_intent_bitmap;
   options.bitmap_clean_interval = std::chrono::milliseconds(raw.bitmap_clean_ms);
+  auto keep = ParseBytes("--bitmap-keep-marked", raw.bitmap_keep_marked);
+  if (!keep.ok()) {
+    return keep.status();
+  }
+  options.bitmap_keep_marked_bytes = keep.value();
   return base::Status::Ok();
 }
 
@@ -268,10 +277,16 @@ int main(int argc, char** argv) {
                   "write-intent bitmap granularity for a new volume (default 64; fixed once the "
                   "metadata exists)");
   run->add_option("--bitmap-clean-ms", raw.bitmap_clean_ms,
-                  "primary: clear a region's bit once it has been idle this long with the peer in "
-                  "sync (shorter: smaller resync after a crash; longer: less metadata I/O)")
+                  "primary: length of a bitmap clean cycle: with the peer in sync, a region no "
+                  "write touched for a whole cycle may be cleared (see --bitmap-keep-marked)")
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
+  run->add_option("--bitmap-keep-marked", raw.bitmap_keep_marked,
+                  "primary: while writes keep coming, leave regions marked until more than this "
+                  "is marked (K, M, G); a busy volume then pays no extra flushes for cleaning, "
+                  "and a crash resyncs at most about this much; an idle volume is cleaned "
+                  "whatever this says; 0 = clean every cycle")
+      ->capture_default_str();
   run->add_flag("--no-write-intent-bitmap", raw.no_write_intent_bitmap,
                 "BENCHMARKING: no dirty tracking; every resync after an outage is a full one");
   run->add_option("--fault", options.fault_rules,

@@ -637,8 +637,10 @@ asio::awaitable<void> Replicator::CleanLoop() {
       break;
     }
     // Not while a resync or verify runs: the blocks they mark must survive until copied.
+    const bool worth_it = !intent_log_.WrittenSinceBeginClean() ||
+                          intent_log_.marked_bytes() > options_.keep_marked_bytes;
     if (epoch == link_epoch_ && Streaming() && peer_disk_ == DiskState::kUpToDate &&
-        intent_log_.enabled() && intent_log_.marked_regions() > 0 &&
+        intent_log_.enabled() && intent_log_.marked_regions() > 0 && worth_it &&
         !(resync_ && resync_->progress().running) &&
         !(verifier_ && verifier_->progress().running)) {
       co_await CleanOnce(cycle);

@@ -30,8 +30,13 @@
 // Bitmap cleaning: a clean cycle spans `clean_interval` (5 s). At its end, if the peer has been
 // connected on the same link throughout, is UpToDate and no resync or verify runs, both copies
 // are flushed and the regions no write touched during the whole cycle are cleared. Regions
-// written at least once a cycle stay marked: a hot working set costs no metadata I/O, and a
-// crash resyncs roughly what was written in the last cycle or two.
+// written at least once a cycle stay marked: a hot working set costs no metadata I/O.
+// The flush is the cost: in mode flush it is a real datasync on both disks, which a client that
+// never flushes would not otherwise pay. So a cycle cleans only if the volume was idle through
+// it (the flush is then cheap and everything unpinned clears), or if more than
+// `keep_marked_bytes` (4 GiB) is marked; otherwise the regions stay marked, like the extents of
+// DRBD's activity log. A crash of the primary then resyncs at most about that much plus what
+// was written in the last cycle.
 //
 // Loop thread only.
 
@@ -76,6 +81,8 @@ struct ReplicatorOptions {
   std::chrono::milliseconds retry_interval{1000};
   uint64_t resync_rate_bytes_per_s = 0;  // 0: unlimited.
   std::chrono::milliseconds clean_interval{5000};
+  // While the volume is busy, clean only once more than this is marked (see above).
+  uint64_t keep_marked_bytes = 4ull << 30;
 };
 
 class Replicator final : public PeerLink, public transport::FrameHandler {

@@ -94,17 +94,30 @@ bool WriteIntentLog::Mark(uint64_t offset_bytes, uint64_t length_bytes, StoreDon
   ++stats_.marks;
   auto [first, end] = Regions(offset_bytes, length_bytes);
   uint64_t needs_round = 0;
+  bool marked_new = false;
   for (uint64_t r = first; r < end; ++r) {
     ++in_flight_[r];
     touched_[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
     if (Set(r)) {
       SchedulePage(r / kBitsPerPage);
+      marked_new = true;
     }
     // A bit already durable needs nothing, whatever else of its page is being written.
     if ((unsynced_[r / 8] >> (r % 8)) & 1) {
       needs_round = std::max(needs_round, rounds_started_ + 1);
     } else if ((in_round_[r / 8] >> (r % 8)) & 1) {
       needs_round = std::max(needs_round, rounds_started_);
+    }
+  }
+  if (marked_new && mark_ahead_regions_ > 1) {
+    // Same round as the write's own marks: nothing waits longer for them.
+    const uint64_t ahead_first = first / mark_ahead_regions_ * mark_ahead_regions_;
+    const uint64_t ahead_end = std::min(
+        (end + mark_ahead_regions_ - 1) / mark_ahead_regions_ * mark_ahead_regions_, region_count_);
+    for (uint64_t r = ahead_first; r < ahead_end; ++r) {
+      if (Set(r)) {
+        SchedulePage(r / kBitsPerPage);
+      }
     }
   }
   if (!failure_.ok()) {
@@ -270,6 +283,7 @@ void WriteIntentLog::Fail(Status status) {
 
 uint64_t WriteIntentLog::BeginClean() {
   ++clean_cycle_;
+  marks_at_clean_begin_ = stats_.marks;
   std::fill(touched_.begin(), touched_.end(), 0);
   for (const auto& [region, count] : in_flight_) {
     touched_[region / 8] |= static_cast<uint8_t>(1u << (region % 8));

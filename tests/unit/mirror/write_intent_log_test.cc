@@ -142,6 +142,40 @@ TEST_F(WriteIntentLogTest, DurableRegionIsNotHeldUpByANewMarkInTheSamePage) {
   EXPECT_EQ(meta_.pending_count(), 0u);
 }
 
+TEST_F(WriteIntentLogTest, MarkAheadMarksTheAlignedChunkInTheSameRound) {
+  log_.set_mark_ahead_bytes(16 * kRegion);
+  bool ready = false;
+  EXPECT_FALSE(log_.Mark(20 * kRegion, 4096, [&](base::Status st) { ready = st.ok(); }));
+  EXPECT_EQ(log_.marked_regions(), 16u) << "regions 16..31";
+  // A neighbour in the chunk waits for the same round, not a later one.
+  bool neighbour = false;
+  EXPECT_FALSE(log_.Mark(30 * kRegion, 4096, [&](base::Status st) { neighbour = st.ok(); }));
+  CompleteRound();
+  EXPECT_TRUE(ready);
+  EXPECT_TRUE(neighbour);
+  EXPECT_EQ(meta_.pending_count(), 0u);
+  for (uint64_t r = 16; r < 32; ++r) {
+    EXPECT_TRUE(DurablyMarked(r)) << r;
+  }
+  EXPECT_FALSE(DurablyMarked(15));
+  EXPECT_FALSE(DurablyMarked(32));
+  EXPECT_TRUE(log_.Mark(17 * kRegion, 4096, [](base::Status) { FAIL(); }));
+  log_.Unmark(17 * kRegion, 4096);
+  log_.Unmark(20 * kRegion, 4096);
+  log_.Unmark(30 * kRegion, 4096);
+  // The last chunk is clipped to the volume (101 regions).
+  log_.Mark(100 * kRegion, 4096, [](base::Status) {});
+  EXPECT_EQ(log_.marked_regions(), 16u + 5u) << "regions 96..100";
+  CompleteAllRounds();
+  log_.Unmark(100 * kRegion, 4096);
+  // Regions marked ahead but never written clear in a clean cycle like any untouched region.
+  const uint64_t cycle = log_.BeginClean();
+  log_.Mark(17 * kRegion, 4096, [](base::Status) { FAIL(); });
+  log_.Unmark(17 * kRegion, 4096);
+  log_.FinishClean(cycle);
+  EXPECT_EQ(log_.marked_regions(), 1u);
+}
+
 TEST_F(WriteIntentLogTest, MarksArrivingTogetherShareOneRound) {
   int ready = 0;
   for (uint64_t r = 0; r < 10; ++r) {
@@ -190,6 +224,19 @@ TEST_F(WriteIntentLogTest, CleanCycleClearsOnlyRegionsUntouchedDuringIt) {
   CompleteRound();
   EXPECT_FALSE(DurablyMarked(1));
   EXPECT_TRUE(DurablyMarked(2));
+}
+
+TEST_F(WriteIntentLogTest, KnowsWhetherTheVolumeWasWrittenDuringACleanCycle) {
+  log_.BeginClean();
+  EXPECT_FALSE(log_.WrittenSinceBeginClean());
+  log_.MarkRange(0, kRegion);  // Not a client write.
+  EXPECT_FALSE(log_.WrittenSinceBeginClean());
+  log_.Mark(kRegion, 4096, [](base::Status) {});
+  EXPECT_TRUE(log_.WrittenSinceBeginClean());
+  CompleteAllRounds();
+  log_.Unmark(kRegion, 4096);
+  log_.BeginClean();
+  EXPECT_FALSE(log_.WrittenSinceBeginClean());
 }
 
 TEST_F(WriteIntentLogTest, StaleCleanCycleClearsNothing) {
