@@ -22,6 +22,7 @@
 # Settings (environment): RESYNC_SIZE=2G RESYNC_REPS=3 RESYNC_DIRTY_WRITES=20000
 #   TRACK_SIZE=1G TRACK_RUNTIME=10 TRACK_REPS=3 TRACK_WARM_PASSES=4 OUTAGE_S=60 OUTAGE_IOPS=1000
 #   BENCH_PARTS="resync tracking outage" BENCH_TMPDIR=/var/tmp BENCH_OUT=bench/out
+#   RESYNC_STANDBY_DIR= (the resync part's standby copy elsewhere, e.g. /dev/shm; see below)
 #   NBDMIRROR_BIN=build/nbdmirror (copied before the run)
 # Output: bench/out/<timestamp>-resync/ with results.jsonl, raw fio/daemon output, meta.txt and
 # results.md (printed at the end). Needs root (drop_caches). Loopback and unix sockets only;
@@ -44,6 +45,14 @@ BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 out=${BENCH_OUT:-$root/bench/out}/$(date +%Y%m%d-%H%M%S)-resync
 mkdir -p "$out/raw"
 scratch=$(mktemp -d "$BENCH_TMPDIR/nbdmirror-resync.XXXXXX")
+# Where the resync part's standby copy lives: by default beside the primary's (one disk does
+# both the reads and the writes, which a two-host mirror never asks of one disk). Set it to a
+# directory on other storage (e.g. /dev/shm as a stand-in for the standby host's own disk) to
+# see the resync pipeline without that handicap.
+standby_scratch=$scratch
+if [[ -n ${RESYNC_STANDBY_DIR:-} ]]; then
+  standby_scratch=$(mktemp -d "$RESYNC_STANDBY_DIR/nbdmirror-resync-standby.XXXXXX")
+fi
 bin=$scratch/nbdmirror
 cp "${NBDMIRROR_BIN:-$root/build/nbdmirror}" "$bin"
 results=$out/results.jsonl
@@ -61,7 +70,7 @@ cleanup() {
   for pid in "${!live[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
-  rm -rf -- "$scratch"
+  rm -rf -- "$scratch" "$standby_scratch"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -78,7 +87,7 @@ track_bytes=$(numfmt --from=iec "$TRACK_SIZE")
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "command: $0 $*"
-  echo "settings: RESYNC_SIZE=$RESYNC_SIZE RESYNC_REPS=$RESYNC_REPS RESYNC_DIRTY_WRITES=$RESYNC_DIRTY_WRITES TRACK_SIZE=$TRACK_SIZE TRACK_RUNTIME=$TRACK_RUNTIME TRACK_REPS=$TRACK_REPS TRACK_WARM_PASSES=$TRACK_WARM_PASSES OUTAGE_S=$OUTAGE_S OUTAGE_IOPS=$OUTAGE_IOPS"
+  echo "settings: RESYNC_SIZE=$RESYNC_SIZE RESYNC_REPS=$RESYNC_REPS RESYNC_DIRTY_WRITES=$RESYNC_DIRTY_WRITES TRACK_SIZE=$TRACK_SIZE TRACK_RUNTIME=$TRACK_RUNTIME TRACK_REPS=$TRACK_REPS TRACK_WARM_PASSES=$TRACK_WARM_PASSES OUTAGE_S=$OUTAGE_S OUTAGE_IOPS=$OUTAGE_IOPS RESYNC_STANDBY_DIR=${RESYNC_STANDBY_DIR:-}"
   echo "git: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "binary sha256: $(sha256sum "$bin" | cut -c1-16)"
   echo "cpus: $(nproc); kernel $(uname -r); disk of $BENCH_TMPDIR: $(df --output=source "$BENCH_TMPDIR" | tail -1)"
@@ -148,7 +157,7 @@ fresh() { rm -f -- "$1" "$1.nbdmirror-meta" "$1.control"; truncate -s "$2" "$1";
 
 # ---- part 1: resync throughput ----------------------------------------------------------------
 part_resync() {
-  local rep a=$scratch/a.img b=$scratch/b.img raw=$scratch/raw.img
+  local rep a=$scratch/a.img b=$standby_scratch/b.img raw=$scratch/raw.img
   for ((rep = 1; rep <= RESYNC_REPS; rep++)); do
     run_label=resync-$rep
     rm -f -- "$raw"

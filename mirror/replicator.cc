@@ -33,8 +33,12 @@ Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, Metadata
       pool_(pool),
       peer_disk_(peer_disk_known_good ? DiskState::kUpToDate : DiskState::kOutdated) {}
 
+Replicator::~Replicator() { intent_log_.set_mark_ahead_allowed(nullptr); }
+
 void Replicator::Start() {
   CHECK(volume_ != nullptr);
+  intent_log_.set_mark_ahead_allowed(
+      [this] { return Streaming() && peer_disk_ == DiskState::kUpToDate; });
   connection_ = ConnectionState::kConnecting;
   asio::co_spawn(io_, DialLoop(), asio::detached);
   asio::co_spawn(io_, CleanLoop(), asio::detached);

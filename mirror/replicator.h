@@ -91,6 +91,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   // metadata recorded a clean shutdown with the peer UpToDate (for status until it connects).
   Replicator(asio::io_context& io, ReplicatorOptions options, MetadataFile& metadata,
              WriteIntentLog& intent_log, base::BufferPool& pool, bool peer_disk_known_good);
+  ~Replicator() override;
 
   void SetVolume(Volume* volume) { volume_ = volume; }
   void Start();

@@ -109,7 +109,7 @@ bool WriteIntentLog::Mark(uint64_t offset_bytes, uint64_t length_bytes, StoreDon
       needs_round = std::max(needs_round, rounds_started_);
     }
   }
-  if (marked_new && mark_ahead_regions_ > 1) {
+  if (marked_new && mark_ahead_regions_ > 1 && (!mark_ahead_allowed_ || mark_ahead_allowed_())) {
     // Same round as the write's own marks: nothing waits longer for them.
     const uint64_t ahead_first = first / mark_ahead_regions_ * mark_ahead_regions_;
     const uint64_t ahead_end = std::min(

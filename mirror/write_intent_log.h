@@ -77,6 +77,12 @@ class WriteIntentLog {
   void set_mark_ahead_bytes(uint64_t bytes) {
     mark_ahead_regions_ = std::max<uint64_t>(1, bytes / region_bytes_);
   }
+  // Asked at each new mark: marking ahead only pays while the peer is in sync. While it is
+  // away the marks are exactly what its resync will copy, so they stay region-sized. Unset:
+  // always.
+  void set_mark_ahead_allowed(std::function<bool()> allowed) {
+    mark_ahead_allowed_ = std::move(allowed);
+  }
   uint64_t region_bytes() const { return region_bytes_; }
   uint64_t volume_bytes() const { return volume_bytes_; }
 
@@ -140,6 +146,7 @@ class WriteIntentLog {
   const bool enabled_;
   bool writes_are_durable_ = false;
   uint64_t mark_ahead_regions_ = 1;
+  std::function<bool()> mark_ahead_allowed_;
   std::vector<uint8_t> bits_;     // Page bit areas, concatenated.
   std::vector<uint8_t> touched_;  // Same shape: written since the current clean cycle began.
   std::vector<uint8_t> pinned_;   // Same shape: see Pin().

@@ -174,6 +174,12 @@ TEST_F(WriteIntentLogTest, MarkAheadMarksTheAlignedChunkInTheSameRound) {
   log_.Unmark(17 * kRegion, 4096);
   log_.FinishClean(cycle);
   EXPECT_EQ(log_.marked_regions(), 1u);
+  // Not allowed (the peer is away: marks are what its resync will copy): region-sized again.
+  log_.set_mark_ahead_allowed([] { return false; });
+  log_.Mark(40 * kRegion, 4096, [](base::Status) {});
+  EXPECT_EQ(log_.marked_regions(), 2u);
+  CompleteAllRounds();
+  log_.Unmark(40 * kRegion, 4096);
 }
 
 TEST_F(WriteIntentLogTest, MarksArrivingTogetherShareOneRound) {
