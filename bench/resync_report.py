@@ -47,9 +47,6 @@ if raw and full:
     print(f"| full resync (random data) | {full_bw / MiB:.0f} | "
           f"{runs(full, 'bytes_per_s', MiB)} | **{ratio:.2f}x** "
           f"({'PASS' if ratio >= 0.7 else 'FAIL'}: target 0.7x) |")
-    if copy:
-        print(f"\nFull resync against the raw copy on the same disk (both copies live on it here): "
-              f"**{full_bw / copy_bw:.2f}x**.\n")
     if inc:
         inc_bw = med([r["bytes_per_s"] for r in inc])
         print(f"| incremental resync after {inc[0]['writes']} random 4 KiB writes | "
@@ -58,6 +55,9 @@ if raw and full:
         print(f"\nIncremental: marked {med([r['marked'] for r in inc]) / MiB:.0f} MiB, resynced "
               f"{med([r['bytes'] for r in inc]) / MiB:.0f} MiB in "
               f"{med([r['wall_seconds'] for r in inc]):.1f} s wall clock (medians).\n")
+    if copy:
+        print(f"\nFull resync against the raw copy on the same disk (both copies live on it here): "
+              f"**{full_bw / copy_bw:.2f}x**.\n")
 
 for phase in ("cold", "warm"):
     on, off = pick("tracking", f"on-{phase}"), pick("tracking", f"off-{phase}")

@@ -282,10 +282,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
   run->add_option("--bitmap-keep-marked", raw.bitmap_keep_marked,
-                  "primary: while writes keep coming, leave regions marked until more than this "
-                  "is marked (K, M, G); a busy volume then pays no extra flushes for cleaning, "
-                  "and a crash resyncs at most about this much; an idle volume is cleaned "
-                  "whatever this says; 0 = clean every cycle")
+                  "primary, mode flush: while writes keep coming, leave regions marked until more "
+                  "than this is marked (K, M, G); a busy volume then pays no extra flushes for "
+                  "cleaning, and a crash resyncs at most about this much more; an idle volume is "
+                  "cleaned whatever this says; 0 = clean every cycle (mode sync always does)")
       ->capture_default_str();
   run->add_flag("--no-write-intent-bitmap", raw.no_write_intent_bitmap,
                 "BENCHMARKING: no dirty tracking; every resync after an outage is a full one");

@@ -37,8 +37,14 @@ Replicator::~Replicator() { intent_log_.set_mark_ahead_allowed(nullptr); }
 
 void Replicator::Start() {
   CHECK(volume_ != nullptr);
-  intent_log_.set_mark_ahead_allowed(
-      [this] { return Streaming() && peer_disk_ == DiskState::kUpToDate; });
+  // Mark ahead only in mode flush with the peer in sync. There marked regions stay marked while
+  // the volume is busy anyway (see CleanLoop), so chunk-sized marks cost nothing more. Mode sync
+  // cleans every cycle: chunk-sized marks would there inflate what a crash or an outage starting
+  // now must resync (a scattered workload touches a chunk per write). While the peer is away the
+  // marks are exactly what its resync will copy, so they stay region-sized in either mode.
+  intent_log_.set_mark_ahead_allowed([this] {
+    return volume_->mode() == Mode::kFlush && Streaming() && peer_disk_ == DiskState::kUpToDate;
+  });
   connection_ = ConnectionState::kConnecting;
   asio::co_spawn(io_, DialLoop(), asio::detached);
   asio::co_spawn(io_, CleanLoop(), asio::detached);
@@ -641,7 +647,10 @@ asio::awaitable<void> Replicator::CleanLoop() {
       break;
     }
     // Not while a resync or verify runs: the blocks they mark must survive until copied.
-    const bool worth_it = !intent_log_.WrittenSinceBeginClean() ||
+    // In mode sync every acknowledged write is durable on both already: the flush costs a round
+    // trip, so clean every cycle and keep what a standby outage or a crash resyncs small.
+    const bool worth_it = volume_->mode() == Mode::kSync ||
+                          !intent_log_.WrittenSinceBeginClean() ||
                           intent_log_.marked_bytes() > options_.keep_marked_bytes;
     if (epoch == link_epoch_ && Streaming() && peer_disk_ == DiskState::kUpToDate &&
         intent_log_.enabled() && intent_log_.marked_regions() > 0 && worth_it &&

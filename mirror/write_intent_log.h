@@ -77,9 +77,8 @@ class WriteIntentLog {
   void set_mark_ahead_bytes(uint64_t bytes) {
     mark_ahead_regions_ = std::max<uint64_t>(1, bytes / region_bytes_);
   }
-  // Asked at each new mark: marking ahead only pays while the peer is in sync. While it is
-  // away the marks are exactly what its resync will copy, so they stay region-sized. Unset:
-  // always.
+  // Asked at each new mark whether to mark ahead (the replicator: only in mode flush with the
+  // peer in sync; see there). Unset: always.
   void set_mark_ahead_allowed(std::function<bool()> allowed) {
     mark_ahead_allowed_ = std::move(allowed);
   }
