@@ -21,6 +21,8 @@
 # Part 2, pgbench (PGBENCH_SCALE, PGBENCH_CLIENTS, PGBENCH_SECONDS) with the data directory on
 #   standalone    ext4 on the standalone export (scripts/nbd-attach.sh: nbd-client or nbdfuse+loop)
 #   mirror-sync   ext4 on the mirrored export, --mode sync
+#   mirror-flush  the same with --mode flush (not run by default; PostgreSQL fsyncs its commits,
+#                 so both modes give it the same guarantee)
 #   streaming     plain directories on the local disk: a primary PostgreSQL with
 #                 synchronous_standby_names = the standby's application_name, synchronous_commit
 #                 = on, and a standby made by pg_basebackup -R, verified as sync_state = 'sync'
@@ -41,7 +43,7 @@
 #   BENCH_JOBS="..."        fio jobs (default: w4k_qd1_flush w4k_qd32 seqw1m_qd8; "" skips part 1)
 #   BENCH_TARGETS="..."     subset of: standalone mirror-flush mirror-sync
 #   PGBENCH_SCALE=20 PGBENCH_CLIENTS=8 PGBENCH_THREADS=2 PGBENCH_SECONDS=60 PGBENCH_REPS=1
-#   PGBENCH_CASES="..."     subset of: standalone mirror-sync streaming local ("" skips part 2)
+#   PGBENCH_CASES="..."     subset of: standalone mirror-flush mirror-sync streaming local ("" skips part 2)
 #   PG_VOLUME_SIZE=4G       size of the (sparse) volumes under ext4 for PostgreSQL
 #   BENCH_INITIAL_SYNC=full full: every mirrored run waits for the initial full sync; skip: use
 #                           --skip-initial-sync (copies are identical), see above
@@ -242,8 +244,8 @@ for job in "${job_names[@]}"; do
 done
 for pg_case in "${pg_cases[@]}"; do
   case $pg_case in
-    standalone | mirror-sync | streaming | local) ;;
-    *) die "unknown pgbench case $pg_case (standalone, mirror-sync, streaming, local)" ;;
+    standalone | mirror-flush | mirror-sync | streaming | local) ;;
+    *) die "unknown pgbench case $pg_case (standalone, mirror-flush, mirror-sync, streaming, local)" ;;
   esac
 done
 if ((${#pg_cases[@]})); then
@@ -753,7 +755,7 @@ run_pg() {
   setup_started=$(now_s)
 
   case $pg_case in
-    standalone | mirror-sync)
+    standalone | mirror-flush | mirror-sync)
       volume=$dir/A.img standby_volume=$dir/B.img nbd_sock=$dir/nbd.sock
       # Two new sparse files of zeroes are identical, so the pair may skip the initial sync; the
       # full one sends holes as zero ranges and is quick.

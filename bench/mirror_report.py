@@ -33,9 +33,10 @@ TARGET_LABELS = {
     "mirror-sync": "mirrored, mode sync",
 }
 JOBS = ["w4k_qd1_flush", "w4k_qd32", "seqw1m_qd8", "r4k_qd1", "r4k_qd32", "seqr1m_qd8"]
-PG_CASES = ["standalone", "mirror-sync", "streaming", "local"]
+PG_CASES = ["standalone", "mirror-flush", "mirror-sync", "streaming", "local"]
 PG_LABELS = {
     "standalone": "ext4 on the standalone export",
+    "mirror-flush": "ext4 on the mirrored export (flush)",
     "mirror-sync": "ext4 on the mirrored export (sync)",
     "streaming": "PostgreSQL sync streaming replication (local dirs)",
     "local": "local directory, no replication (reference)",
@@ -293,6 +294,7 @@ def collect(out_dir):
 
     pg_ratios = {
         "mirror-sync/streaming": pg_ratio("mirror-sync", "streaming"),
+        "mirror-flush/streaming": pg_ratio("mirror-flush", "streaming"),
         "mirror-sync/standalone": pg_ratio("mirror-sync", "standalone"),
         "standalone/local": pg_ratio("standalone", "local"),
         "streaming/local": pg_ratio("streaming", "local"),
@@ -324,7 +326,7 @@ def collect(out_dir):
     for side in ("primary", "standby"):
         hwm = [r[key] for r in runs for key in (f"{side}_hwm_mib", f"{side}_hwm_setup_mib")
                if r.get(key) is not None
-               and (r["kind"] == "pgbench" and r["case"] == "mirror-sync"
+               and (r["kind"] == "pgbench" and r["case"] in MIRRORED
                     or r["kind"] == "fio" and r["target"] in MIRRORED)]
         goals.append({
             "name": f"memory bounded: {side} daemon VmHWM < {limit:.0f} MiB in every mirrored "
@@ -635,7 +637,7 @@ def chart(results, path):
                 labels.append(f"{job}\n{target}")
                 prim.append(m.get("primary_hwm_mib") or 0)
                 stby.append(m.get("standby_hwm_mib") or 0)
-    for case in ("standalone", "mirror-sync"):
+    for case in ("standalone", "mirror-flush", "mirror-sync"):
         m = pg.get(case)
         if m:
             labels.append(f"pgbench\n{case}")
