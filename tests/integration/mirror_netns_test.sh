@@ -21,56 +21,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 nm_require ip fio nbdcopy nbdinfo cmp
 fio --enghelp=nbd >/dev/null 2>&1 || nm_skip "this fio has no nbd engine"
 
-ns="nbdm-$$-$RANDOM"
-ip netns add "$ns" 2>"$NM_TMP/netns.err" || nm_skip "cannot create a network namespace: $(cat "$NM_TMP/netns.err")"
-nm_add_exit_hook ip netns delete "$ns"
-
-# A veth name no other interface has (at most 15 characters).
-veth_root=
-for _ in 1 2 3 4 5 6 7 8; do
-  suffix=$RANDOM
-  if ! ip link show "nmr${suffix}" >/dev/null 2>&1 && ! ip link show "nmn${suffix}" >/dev/null 2>&1; then
-    veth_root=nmr${suffix}
-    veth_ns=nmn${suffix}
-    break
-  fi
-done
-[[ -n $veth_root ]] || nm_fail "found no free veth name"
-
-# A /30 in 10.213.0.0/16 that no address or route on this machine touches.
-net=
-for _ in 1 2 3 4 5 6 7 8; do
-  third=$((RANDOM % 256))
-  fourth=$(((RANDOM % 64) * 4))
-  if ! ip -4 route show match "10.213.${third}.${fourth}/30" | grep -qv '^default' &&
-    ! ip -4 addr show | grep -qF "inet 10.213.${third}."; then
-    net=10.213.${third}
-    break
-  fi
-done
-[[ -n $net ]] || nm_fail "found no unused /30 in 10.213.0.0/16"
-addr_root=${net}.$((fourth + 1))
-addr_ns=${net}.$((fourth + 2))
-
-# Removes the root end if it still exists (deleting the namespace usually takes the pair).
-delete_veth() {
-  if ip link show "$veth_root" >/dev/null 2>&1; then
-    ip link delete "$veth_root" || true
-  fi
-}
-ip link add "$veth_root" type veth peer name "$veth_ns"
-nm_add_exit_hook delete_veth
-ip link set "$veth_ns" netns "$ns"
-ip addr add "${addr_root}/30" dev "$veth_root"
-ip -n "$ns" addr add "${addr_ns}/30" dev "$veth_ns"
-ip link set "$veth_root" up
-ip -n "$ns" link set "$veth_ns" up
-link_up() {
-  ip link show "$veth_root" | grep -q 'state UP' &&
-    ip -n "$ns" link show "$veth_ns" | grep -q 'state UP'
-}
-nm_wait_for 10 "both ends of the veth pair to be up" link_up
-nm_log "namespace ${ns}: ${veth_root} ${addr_root}/30 <-> ${veth_ns} ${addr_ns}/30"
+nm_make_netns
+ns=$NM_NS veth_root=$NM_VETH_ROOT addr_root=$NM_ADDR_ROOT addr_ns=$NM_ADDR_NS
 
 a=$NM_TMP/a.img
 b=$NM_TMP/b.img

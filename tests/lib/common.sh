@@ -503,3 +503,60 @@ nm_cleanup() {
 trap nm_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ---- Network namespaces ------------------------------------------------------------------------
+# nm_make_netns: a new network namespace (unique name) and a veth pair into it (unique names, at
+# most 15 characters), each end with an address of a /30 in 10.213.0.0/16 that no address or
+# route on this machine touches, both ends up. Both are removed on exit, also on failure. Sets
+# NM_NS, NM_VETH_ROOT, NM_VETH_NS, NM_ADDR_ROOT, NM_ADDR_NS. Skips (77) where `ip netns add` is
+# not allowed.
+nm_make_netns() {
+  NM_NS="nbdm-$$-$RANDOM"
+  ip netns add "$NM_NS" 2>"$NM_TMP/netns.err" ||
+    nm_skip "cannot create a network namespace: $(cat "$NM_TMP/netns.err")"
+  nm_add_exit_hook ip netns delete "$NM_NS"
+  NM_VETH_ROOT=
+  local suffix third fourth net=
+  for _ in 1 2 3 4 5 6 7 8; do
+    suffix=$RANDOM
+    if ! ip link show "nmr${suffix}" >/dev/null 2>&1 && ! ip link show "nmn${suffix}" >/dev/null 2>&1; then
+      NM_VETH_ROOT=nmr${suffix}
+      NM_VETH_NS=nmn${suffix}
+      break
+    fi
+  done
+  [[ -n $NM_VETH_ROOT ]] || nm_fail "found no free veth name"
+  for _ in 1 2 3 4 5 6 7 8; do
+    third=$((RANDOM % 256))
+    fourth=$(((RANDOM % 64) * 4))
+    if ! ip -4 route show match "10.213.${third}.${fourth}/30" | grep -qv '^default' &&
+      ! ip -4 addr show | grep -qF "inet 10.213.${third}."; then
+      net=10.213.${third}
+      break
+    fi
+  done
+  [[ -n $net ]] || nm_fail "found no unused /30 in 10.213.0.0/16"
+  NM_ADDR_ROOT=${net}.$((fourth + 1))
+  NM_ADDR_NS=${net}.$((fourth + 2))
+  ip link add "$NM_VETH_ROOT" type veth peer name "$NM_VETH_NS"
+  nm_add_exit_hook nm_delete_veth
+  ip link set "$NM_VETH_NS" netns "$NM_NS"
+  ip addr add "${NM_ADDR_ROOT}/30" dev "$NM_VETH_ROOT"
+  ip -n "$NM_NS" addr add "${NM_ADDR_NS}/30" dev "$NM_VETH_NS"
+  ip link set "$NM_VETH_ROOT" up
+  ip -n "$NM_NS" link set "$NM_VETH_NS" up
+  nm_wait_for 10 "both ends of the veth pair to be up" nm_veth_up
+  nm_log "namespace ${NM_NS}: ${NM_VETH_ROOT} ${NM_ADDR_ROOT}/30 <-> ${NM_VETH_NS} ${NM_ADDR_NS}/30"
+}
+# nm_veth_up: both ends of nm_make_netns's pair are up and the root end has its route.
+nm_veth_up() {
+  ip link show "$NM_VETH_ROOT" | grep -q 'state UP' &&
+    ip -n "$NM_NS" link show "$NM_VETH_NS" | grep -q 'state UP' &&
+    ip -4 route show dev "$NM_VETH_ROOT" | grep -q .
+}
+# Removes the root end if it still exists (deleting the namespace usually takes the pair).
+nm_delete_veth() {
+  if ip link show "$NM_VETH_ROOT" >/dev/null 2>&1; then
+    ip link delete "$NM_VETH_ROOT" || true
+  fi
+}
