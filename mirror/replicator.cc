@@ -646,12 +646,12 @@ asio::awaitable<void> Replicator::CleanLoop() {
     if (stopping_) {
       break;
     }
-    // Not while a resync or verify runs: the blocks they mark must survive until copied.
     // In mode sync every acknowledged write is durable on both already: the flush costs a round
     // trip, so clean every cycle and keep what a standby outage or a crash resyncs small.
     const bool worth_it = volume_->mode() == Mode::kSync ||
                           !intent_log_.WrittenSinceBeginClean() ||
                           intent_log_.marked_bytes() > options_.keep_marked_bytes;
+    // Not while a resync or verify runs: the blocks they mark must survive until copied.
     if (epoch == link_epoch_ && Streaming() && peer_disk_ == DiskState::kUpToDate &&
         intent_log_.enabled() && intent_log_.marked_regions() > 0 && worth_it &&
         !(resync_ && resync_->progress().running) &&
