@@ -154,6 +154,12 @@ restart_standby() {  # B EXTRA...
   pb=$pid
 }
 fresh() { rm -f -- "$1" "$1.nbdmirror-meta" "$1.control"; truncate -s "$2" "$1"; }
+# seq_write FILE BYTES [FIO_ARGS...]: writes FILE whole, as the raw baseline does (fio io_uring,
+# O_DIRECT, 1 MiB, QD8, fsync at the end).
+seq_write() {
+  fio --name=seq-write --filename="$1" --size="$2" --rw=write --bs=1M --iodepth=8 \
+    --ioengine=io_uring --direct=1 --end_fsync=1 "${@:3}" >/dev/null
+}
 
 # ---- part 1: resync throughput ----------------------------------------------------------------
 part_resync() {
@@ -162,9 +168,7 @@ part_resync() {
     run_label=resync-$rep
     rm -f -- "$raw"
     drop_caches
-    fio --name=raw --filename="$raw" --size="$size_bytes" --rw=write --bs=1M --iodepth=8 \
-      --ioengine=io_uring --direct=1 --end_fsync=1 --output-format=json \
-      --output="$out/raw/raw-$rep.json" >/dev/null
+    seq_write "$raw" "$size_bytes" --output-format=json --output="$out/raw/raw-$rep.json"
     local raw_bw
     raw_bw=$(jq '.jobs[0].write.bw_bytes' "$out/raw/raw-$rep.json")
     rm -f -- "$raw"
@@ -174,8 +178,7 @@ part_resync() {
     # The source: random data in every byte (no holes), then a new standby.
     fresh "$a" "$size_bytes"
     fresh "$b" "$size_bytes"
-    fio --name=fill --filename="$a" --size="$size_bytes" --rw=write --bs=1M --iodepth=8 \
-      --ioengine=io_uring --direct=1 --refill_buffers --end_fsync=1 >/dev/null
+    seq_write "$a" "$size_bytes" --refill_buffers
     # The ceiling of a copy on this one disk, where both copies live here: reading the source
     # while writing a new file, at once (1 MiB, QD8 each); rate = size / the slower job's time.
     drop_caches
@@ -265,8 +268,7 @@ part_tracking() {
   # Fully written volumes: writes into holes would also allocate blocks, adding file-system work
   # and noise to what is measured.
   rm -f -- "$template"
-  fio --name=template --filename="$template" --size="$track_bytes" --rw=write --bs=1M \
-    --iodepth=8 --ioengine=io_uring --direct=1 --end_fsync=1 >/dev/null
+  seq_write "$template" "$track_bytes"
   for ((rep = 1; rep <= TRACK_REPS; rep++)); do
     local f
     for f in "$on_a" "$on_b" "$off_a" "$off_b"; do

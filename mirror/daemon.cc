@@ -183,7 +183,6 @@ Status OpenIntentLog(Node& node) {
       node.io, node.metadata_store.get(), md.size_bytes, md.region_bytes, bits.TakeValue(),
       node.options.write_intent_bitmap && !standalone);
   node.intent_log->set_writes_are_durable(true);
-  node.intent_log->set_mark_ahead_bytes(kMarkAheadBytes);
   if (!node.options.write_intent_bitmap) {
     spdlog::warn("--no-write-intent-bitmap: every resync after an outage copies the volume");
   }

@@ -37,11 +37,13 @@ Replicator::~Replicator() { intent_log_.set_mark_ahead_allowed(nullptr); }
 
 void Replicator::Start() {
   CHECK(volume_ != nullptr);
-  // Mark ahead only in mode flush with the peer in sync. There marked regions stay marked while
-  // the volume is busy anyway (see CleanLoop), so chunk-sized marks cost nothing more. Mode sync
-  // cleans every cycle: chunk-sized marks would there inflate what a crash or an outage starting
-  // now must resync (a scattered workload touches a chunk per write). While the peer is away the
-  // marks are exactly what its resync will copy, so they stay region-sized in either mode.
+  // Mark ahead (1 MiB) only in mode flush with the peer in sync. There marked regions stay
+  // marked while the volume is busy anyway (see CleanLoop), so chunk-sized marks cost nothing
+  // more. Mode sync cleans every cycle: chunk-sized marks would there inflate what a crash or an
+  // outage starting now must resync (a scattered workload touches a chunk per write). While the
+  // peer is away the marks are exactly what its resync will copy, so they stay region-sized in
+  // either mode.
+  intent_log_.set_mark_ahead_bytes(kMarkAheadBytes);
   intent_log_.set_mark_ahead_allowed([this] {
     return volume_->mode() == Mode::kFlush && Streaming() && peer_disk_ == DiskState::kUpToDate;
   });

@@ -94,6 +94,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
              WriteIntentLog& intent_log, base::BufferPool& pool, bool peer_disk_known_good);
   ~Replicator() override;
 
+  static constexpr uint64_t kMarkAheadBytes = 1 << 20;
+
   void SetVolume(Volume* volume) { volume_ = volume; }
   void Start();
   // The daemon is draining: operations that `block` holds fail (kAborted) rather than wait.

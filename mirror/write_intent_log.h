@@ -50,8 +50,6 @@ struct ByteRange {
   uint64_t length_bytes = 0;
 };
 
-inline constexpr uint64_t kMarkAheadBytes = 1 << 20;
-
 struct IntentLogStats {
   uint64_t marks = 0;            // Mark() calls (client writes).
   uint64_t marks_waited = 0;     // Marks that had to wait for metadata I/O.
@@ -71,7 +69,7 @@ class WriteIntentLog {
   // write per page (a FUA write on most disks) with no datasync after it.
   void set_writes_are_durable(bool durable) { writes_are_durable_ = durable; }
   // Mark ahead: when a write needs a new mark anyway, the other regions of the aligned
-  // `bytes` around it are marked in the same page write (the daemon uses kMarkAheadBytes). A
+  // `bytes` around it are marked in the same page write (set by the replicator). A
   // random workload then stops waiting for marks after touching each chunk once instead of
   // each region, at the price of resyncing whole chunks after a crash. Region-sized by default.
   void set_mark_ahead_bytes(uint64_t bytes) {

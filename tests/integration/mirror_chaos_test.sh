@@ -66,7 +66,6 @@ nm_python_with socket
 # ---- The network namespace and the veth pair ----------------------------------------------------
 nm_make_netns
 ns=$NM_NS veth_root=$NM_VETH_ROOT addr_root=$NM_ADDR_ROOT addr_ns=$NM_ADDR_NS
-link_up() { nm_veth_up; }
 
 # ---- Volumes, parameters, the randomness -------------------------------------------------------
 mib=$((1 << 20))
@@ -309,7 +308,7 @@ for ((round = 1; round <= rounds; round++)); do
       nm_wait_for 10 "the primary to declare the standby lost over the cut link" not_connected "$a"
       hold_outage "$writes0" "$outage"
       ip link set "$veth_root" up
-      nm_wait_for 10 "the veth pair to be up again" link_up
+      nm_wait_for 10 "the veth pair to be up again" nm_veth_up
       ;;
     corrupt-frame)
       corrupted=$(($(grep -c '^corrupted ' "$proxy_out" || true) + 1))
