@@ -65,7 +65,8 @@ asio::awaitable<boost::system::error_code> WriteGathered(Socket& socket,
     }
   }
   if (!buffers.empty()) {
-    co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_write(socket, buffers, TransferAllUncapped{},
+                               asio::redirect_error(asio::use_awaitable, ec));
     if (!ec) {
       buffers.clear();
     }

@@ -79,8 +79,7 @@ void Resync::Resume() {
 }
 
 void Resync::Pump() {
-  while (!cancelled_ && !failed_ && !waiting_ && in_flight_ < kMaxInFlight &&
-         unconfirmed_ < kMaxCopying) {
+  while (!cancelled_ && !failed_ && !waiting_ && copying_ < kMaxCopying) {
     auto block = intent_log_.NextMarked(cursor_bytes_, kBlockBytes);
     if (!block) {
       return;
@@ -92,8 +91,7 @@ void Resync::Pump() {
     const uint64_t length = block->length_bytes;
     cursor_bytes_ = offset + length;
     issued_bytes_ += length;
-    ++in_flight_;
-    ++unconfirmed_;
+    ++copying_;
     volume_.LockRange(offset, length, [this, offset, length](InflightRanges::Ticket ticket) {
       CopyBlock(offset, length, ticket);
     });
@@ -102,11 +100,9 @@ void Resync::Pump() {
 
 void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket ticket) {
   if (cancelled_ || failed_) {
-    --unconfirmed_;
-    OnBlockDone(ticket, 0, false);
+    OnBlockFailed(ticket);
     return;
   }
-  ++copying_;
   auto extents = volume_.store().Allocation(offset, length);
   if (extents.ok() && extents.value().size() == 1 && extents.value()[0].hole &&
       extents.value()[0].length_bytes == length) {
@@ -125,11 +121,10 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
     volume_.UnlockRange(ticket);
     cursor_bytes_ = std::min(cursor_bytes_, offset);
     issued_bytes_ -= length;
-    --in_flight_;
     --copying_;
-    --unconfirmed_;
     waiting_ = true;
     pool_.ResumeOnRelease(shared_from_this(), &Resync::Resume);
+    MaybeFlush();  // Nothing may be issued until then: make what is confirmed durable.
     return;
   }
   auto holder = std::make_shared<base::Buffer>(std::move(*buffer));
@@ -137,9 +132,7 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
       offset, holder->span(), [this, holder, ticket, offset, length](Status read) {
         if (!read.ok()) {
           spdlog::error("resync: reading block at {} failed: {}", offset, read.ToString());
-          --copying_;
-          --unconfirmed_;
-          OnBlockDone(ticket, 0, false);
+          OnBlockFailed(ticket);
           return;
         }
         send_write_(offset, holder->span(),
@@ -148,45 +141,60 @@ void Resync::CopyBlock(uint64_t offset, uint64_t length, InflightRanges::Ticket 
                     });
       });
   if (!st.ok()) {
-    --copying_;
-    --unconfirmed_;
-    OnBlockDone(ticket, 0, false);
+    OnBlockFailed(ticket);
   }
 }
 
 void Resync::OnBlockSent(InflightRanges::Ticket ticket, uint64_t offset, uint64_t length,
                          PeerOutcome outcome) {
-  --copying_;
-  --unconfirmed_;
   if (outcome != PeerOutcome::kConfirmed) {
-    OnBlockDone(ticket, 0, false);
+    OnBlockFailed(ticket);
     return;
   }
-  awaiting_flush_.push_back({ticket, offset, length});
+  // The peer applied the block, and no client write to the range was in flight since it was
+  // read: the copies are identical there now (not yet durable). Later writes are mirrored live.
+  intent_log_.NoteCopied(offset, length);
+  volume_.UnlockRange(ticket);
+  --copying_;
+  if (!awaiting_flush_.empty() &&
+      awaiting_flush_.back().offset_bytes + awaiting_flush_.back().length_bytes == offset) {
+    awaiting_flush_.back().length_bytes += length;
+  } else {
+    awaiting_flush_.push_back({offset, length});
+  }
   awaiting_bytes_ += length;
+  // Progress counts copies as they are confirmed; after an interruption the regions of an
+  // unflushed batch are still marked and are copied again.
+  progress_.done_bytes += length;
+  progress_.total_bytes = std::max(progress_.total_bytes, progress_.done_bytes);
   Pump();  // A copying slot is free.
   MaybeFlush();
+  MaybeFinish();
+}
+
+void Resync::OnBlockFailed(InflightRanges::Ticket ticket) {
+  volume_.UnlockRange(ticket);
+  --copying_;
+  failed_ = true;
+  MaybeFlush();
+  MaybeFinish();
 }
 
 void Resync::MaybeFlush() {
-  if ((cancelled_ || failed_) && !awaiting_flush_.empty()) {
-    // Never flush a cancelled resync's blocks: the flush would go on whatever link is up by
-    // then, and a later link's Flush says nothing about what a lost one carried (the peer may
-    // have crashed with those blocks unsynced). They stay marked.
-    auto batch = std::move(awaiting_flush_);
+  if (cancelled_ || failed_) {
+    // Never flush for a cancelled or failed resync: the flush would go on whatever link is up
+    // by then, and a later link's Flush says nothing about what a lost one carried (the peer
+    // may have crashed with those blocks unsynced). They stay marked.
     awaiting_flush_.clear();
     awaiting_bytes_ = 0;
-    for (const Confirmed& block : batch) {
-      OnBlockDone(block.ticket, 0, false);
-    }
     return;
   }
   if (!flushing_.empty() || awaiting_flush_.empty()) {
     return;
   }
-  // Batch while more confirmations are coming and slots remain; flush once the batch is big,
-  // nothing else is on the wire, or every slot waits for a flush.
-  if (awaiting_bytes_ < kFlushBatchBytes && copying_ > 0 && in_flight_ < kMaxInFlight) {
+  // Batch while blocks are being copied; flush once the batch is big or nothing else is
+  // issued (the end, or waiting for the rate limit or a buffer).
+  if (awaiting_bytes_ < kFlushBatchBytes && copying_ > 0) {
     return;
   }
   flushing_ = std::move(awaiting_flush_);
@@ -213,22 +221,11 @@ void Resync::MaybeFlush() {
 void Resync::OnBatchDurable(bool ok) {
   auto batch = std::move(flushing_);
   flushing_.clear();
-  for (const Confirmed& block : batch) {
-    if (ok) {
-      // Still under the block's range lock: no client write can have touched it since it was
-      // read, so the copies are identical and durable there.
-      intent_log_.ClearRange(block.offset_bytes, block.length_bytes);
-    }
-    OnBlockDone(block.ticket, ok ? block.length_bytes : 0, ok);
-  }
-}
-
-void Resync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes, bool ok) {
-  volume_.UnlockRange(ticket);
-  --in_flight_;
   if (ok) {
-    progress_.done_bytes += length_bytes;
-    progress_.total_bytes = std::max(progress_.total_bytes, progress_.done_bytes);
+    // Confirmed on the link that carried the blocks: durable on both, whatever happened since.
+    for (const ByteRange& range : batch) {
+      intent_log_.ClearCopied(range.offset_bytes, range.length_bytes);
+    }
   } else {
     failed_ = true;
   }
@@ -238,7 +235,7 @@ void Resync::OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes, b
 }
 
 void Resync::MaybeFinish() {
-  if (!progress_.running || in_flight_ > 0) {
+  if (!progress_.running || copying_ > 0 || !flushing_.empty() || !awaiting_flush_.empty()) {
     return;
   }
   const bool more = intent_log_.NextMarked(cursor_bytes_, kBlockBytes).has_value();

@@ -4,13 +4,17 @@
 //
 // It walks the bitmap in volume order, a block (up to 1 MiB of consecutive marked regions) at a
 // time, a few blocks in flight. For each block it takes the volume's range lock, so no client
-// write to the range is in flight while the block is read, sent and confirmed; client writes that
-// come later are mirrored live and, the lock ensures, reach the peer after the block. A block
-// that is a hole locally goes as a Zero message (no payload). Confirmed blocks are made durable
-// in batches: once kFlushBatchBytes are confirmed (or nothing else is on the wire) one Flush to
-// the peer and one local datasync cover the batch, and only then are its regions cleared in the
-// bitmap and its range locks released. So an interrupted resync resumes where it stopped: the
-// regions still marked are exactly those left to copy (plus any written meanwhile).
+// write to the range is in flight while the block is read, sent and applied by the peer; client
+// writes that come later are mirrored live and, the lock ensures, reach the peer after the block.
+// A block that is a hole locally goes as a Zero message (no payload). Once the peer confirms a
+// block, its lock is released and its regions are noted as copied (WriteIntentLog::NoteCopied).
+// Confirmed blocks are made durable in batches: once kFlushBatchBytes are confirmed (or nothing
+// else is issued) one Flush to the peer and one local datasync cover the batch, and then its
+// regions are cleared in the bitmap, except those a client write touched since their copy
+// (ClearCopied): such a write may not be durable on both yet. They stay marked; being written
+// live, they are the same on both once their writes complete, and a later clean cycle clears
+// them. So an interrupted resync resumes where it stopped: the regions still marked are those
+// left to copy (plus any written meanwhile), and a batch never holds up client writes.
 //
 // `rate_bytes_per_s` (0: unlimited) bounds the average rate of data blocks from the start of the
 // resync (holes sent as Zero move no data and do not count).
@@ -53,9 +57,13 @@ class Resync : public std::enable_shared_from_this<Resync> {
   using Finished = std::function<void(bool)>;
 
   static constexpr uint64_t kBlockBytes = 1 << 20;
-  static constexpr int kMaxInFlight = 64;  // Blocks holding a range lock.
-  static constexpr int kMaxCopying = 8;    // Of those, issued and not yet confirmed.
-  static constexpr uint64_t kFlushBatchBytes = 32 << 20;
+  // Blocks issued and not yet confirmed (waiting for their lock, read, sent, being applied):
+  // bounds the buffers and range locks the resync holds.
+  static constexpr int kMaxCopying = 32;
+  // Confirmed bytes per flush. Nothing is held while a batch waits for its flush, so batches
+  // are large: on a host that writes back its cache at each flush, flushing every few MiB
+  // halves a resync's throughput. An interrupted resync copies at most a batch again.
+  static constexpr uint64_t kFlushBatchBytes = 256 << 20;
 
   Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
          base::BufferPool& pool, SendWrite send_write, SendZero send_zero, SendFlush send_flush,
@@ -75,7 +83,8 @@ class Resync : public std::enable_shared_from_this<Resync> {
                    PeerOutcome outcome);
   void MaybeFlush();
   void OnBatchDurable(bool ok);
-  void OnBlockDone(InflightRanges::Ticket ticket, uint64_t length_bytes, bool ok);
+  // A block that will not be confirmed: releases its lock; the resync stops.
+  void OnBlockFailed(InflightRanges::Ticket ticket);
   void MaybeFinish();
 
   asio::io_context& io_;
@@ -92,22 +101,11 @@ class Resync : public std::enable_shared_from_this<Resync> {
   std::chrono::steady_clock::time_point finished_at_;
   uint64_t issued_bytes_ = 0;  // For the rate limit.
   uint64_t cursor_bytes_ = 0;
-  int in_flight_ = 0;  // Blocks holding their range lock.
-  // Of those, issued and not yet confirmed (some may still wait for their range lock): bounds
-  // the buffers in use.
-  int unconfirmed_ = 0;
-  // Of those, holding their lock and being read or sent. A batch is flushed when none is left,
-  // never waiting on a block that waits for a lock: a client write queued between two blocks
-  // may itself wait for a block of the batch.
-  int copying_ = 0;
-  struct Confirmed {
-    InflightRanges::Ticket ticket;
-    uint64_t offset_bytes;
-    uint64_t length_bytes;
-  };
-  std::vector<Confirmed> awaiting_flush_;
+  int copying_ = 0;  // Blocks issued and not yet confirmed (see kMaxCopying).
+  // Confirmed and not yet durable on both (a block that continues the last one extends it).
+  std::vector<ByteRange> awaiting_flush_;
   uint64_t awaiting_bytes_ = 0;
-  std::vector<Confirmed> flushing_;
+  std::vector<ByteRange> flushing_;
   int flush_parts_left_ = 0;
   bool flush_ok_ = true;
   bool failed_ = false;

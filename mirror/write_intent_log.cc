@@ -26,6 +26,7 @@ WriteIntentLog::WriteIntentLog(asio::io_context& io, LocalStore* meta_store,
   CHECK(bits_.size() == BitmapPageCount(region_count_) * kBitmapAreaBytes);
   touched_.assign(bits_.size(), 0);
   pinned_.assign(bits_.size(), 0);
+  copied_.assign(bits_.size(), 0);
   unsynced_.assign(bits_.size(), 0);
   in_round_.assign(bits_.size(), 0);
   for (uint8_t byte : bits_) {
@@ -41,6 +42,16 @@ std::pair<uint64_t, uint64_t> WriteIntentLog::Regions(uint64_t offset_bytes,
   const uint64_t first = offset_bytes / region_bytes_;
   const uint64_t last = (offset_bytes + length_bytes - 1) / region_bytes_;
   return {first, std::min(last + 1, region_count_)};
+}
+
+std::pair<uint64_t, uint64_t> WriteIntentLog::WholeRegions(uint64_t offset_bytes,
+                                                           uint64_t length_bytes) const {
+  const uint64_t first = (offset_bytes + region_bytes_ - 1) / region_bytes_;
+  uint64_t end = (offset_bytes + length_bytes) / region_bytes_;
+  if (offset_bytes + length_bytes == volume_bytes_) {
+    end = region_count_;  // The last region may be short.
+  }
+  return {first, std::max(first, end)};
 }
 
 bool WriteIntentLog::Set(uint64_t region) {
@@ -98,6 +109,7 @@ bool WriteIntentLog::Mark(uint64_t offset_bytes, uint64_t length_bytes, StoreDon
   for (uint64_t r = first; r < end; ++r) {
     ++in_flight_[r];
     touched_[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
+    copied_[r / 8] &= static_cast<uint8_t>(~(1u << (r % 8)));
     if (Set(r)) {
       SchedulePage(r / kBitsPerPage);
       marked_new = true;
@@ -155,6 +167,7 @@ void WriteIntentLog::MarkRange(uint64_t offset_bytes, uint64_t length_bytes) {
   }
   auto [first, end] = Regions(offset_bytes, length_bytes);
   for (uint64_t r = first; r < end; ++r) {
+    copied_[r / 8] &= static_cast<uint8_t>(~(1u << (r % 8)));
     if (Set(r)) {
       SchedulePage(r / kBitsPerPage);
     }
@@ -315,24 +328,35 @@ uint64_t WriteIntentLog::FinishClean(uint64_t cycle) {
   return cleared;
 }
 
-void WriteIntentLog::ClearRange(uint64_t offset_bytes, uint64_t length_bytes) {
-  if (!enabled_ || !failure_.ok()) {
+void WriteIntentLog::NoteCopied(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!enabled_) {
     return;
   }
-  // Only regions wholly inside: a region the range only touches may hold other changes.
-  const uint64_t first = (offset_bytes + region_bytes_ - 1) / region_bytes_;
-  uint64_t end = (offset_bytes + length_bytes) / region_bytes_;
-  if (offset_bytes + length_bytes == volume_bytes_) {
-    end = region_count_;
-  }
+  auto [first, end] = WholeRegions(offset_bytes, length_bytes);
   for (uint64_t r = first; r < end; ++r) {
-    if (!in_flight_.contains(r)) {
+    copied_[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
+  }
+}
+
+uint64_t WriteIntentLog::ClearCopied(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!enabled_) {
+    return 0;
+  }
+  auto [first, end] = WholeRegions(offset_bytes, length_bytes);
+  uint64_t cleared = 0;
+  for (uint64_t r = first; r < end; ++r) {
+    const uint8_t mask = static_cast<uint8_t>(1u << (r % 8));
+    const bool copied = copied_[r / 8] & mask;
+    copied_[r / 8] &= static_cast<uint8_t>(~mask);
+    if (copied && failure_.ok() && !in_flight_.contains(r) && Test(r)) {
       Clear(r);
+      ++cleared;
     }
   }
-  if (!round_running_) {
+  if (cleared > 0 && !round_running_) {
     StartRound();
   }
+  return cleared;
 }
 
 void WriteIntentLog::ClearAll(StoreDone done) {

@@ -11,9 +11,11 @@
 //   - Clear lazily, only when safe. A clean cycle (BeginClean ... FinishClean) is run by the
 //     replicator around a flush that made every completed write durable on both copies while
 //     the peer was connected; FinishClean clears the marked regions that no write touched since
-//     BeginClean (a write in flight at BeginClean counts as touching). ClearRange clears regions
-//     a resync block has just made identical and durable on both sides (the caller holds the
-//     range lock). Cleared pages are written without waiting; a lost clear only costs a resync.
+//     BeginClean (a write in flight at BeginClean counts as touching). A resync block follows
+//     the same rule per block: NoteCopied when the peer confirmed the block (copied under its
+//     range lock, so the copies were identical there), ClearCopied once a flush on both sides
+//     made that copy durable; regions a write touched in between stay marked. Cleared pages
+//     are written without waiting; a lost clear only costs a resync.
 //   - A failed metadata write or datasync fails the waiting writes and every later Mark (EIO):
 //     a write whose intent cannot be recorded must not happen.
 //
@@ -103,11 +105,17 @@ class WriteIntentLog {
   void AbortClean() { ++clean_cycle_; }
   // Returns the number of regions cleared.
   uint64_t FinishClean(uint64_t cycle);
-  // Clears the regions lying wholly inside the range that have no write in flight.
-  void ClearRange(uint64_t offset_bytes, uint64_t length_bytes);
+  // Resync: the regions lying wholly inside the range were just copied to the peer while no
+  // write was in flight there (the caller held the range lock until the peer confirmed).
+  void NoteCopied(uint64_t offset_bytes, uint64_t length_bytes);
+  // Clears the regions wholly inside the range that were NoteCopied and that no write has
+  // touched since (none marked, none in flight), and forgets the copies. The caller has made
+  // the copy durable on both sides since NoteCopied (a local datasync and a peer Flush that
+  // both started after it). Returns the number of regions cleared.
+  uint64_t ClearCopied(uint64_t offset_bytes, uint64_t length_bytes);
   // Clears every bit except pinned ones (the peer is now identical) and persists durably.
   void ClearAll(StoreDone done);
-  // Keeps the range's regions marked through clean cycles and ClearAll until ClearRange (a
+  // Keeps the range's regions marked through clean cycles and ClearAll until ClearCopied (a
   // resync block) clears them: a failed local write the peer may have applied.
   void Pin(uint64_t offset_bytes, uint64_t length_bytes);
   uint64_t pinned_regions() const { return pinned_regions_; }
@@ -134,6 +142,8 @@ class WriteIntentLog {
   void OnRoundSynced(base::Status status);
   void Fail(base::Status status);
   std::pair<uint64_t, uint64_t> Regions(uint64_t offset_bytes, uint64_t length_bytes) const;
+  // Only the regions lying wholly inside the range (one it merely overlaps may hold more).
+  std::pair<uint64_t, uint64_t> WholeRegions(uint64_t offset_bytes, uint64_t length_bytes) const;
 
   asio::io_context& io_;
   LocalStore* meta_store_;
@@ -147,6 +157,7 @@ class WriteIntentLog {
   std::vector<uint8_t> bits_;     // Page bit areas, concatenated.
   std::vector<uint8_t> touched_;  // Same shape: written since the current clean cycle began.
   std::vector<uint8_t> pinned_;   // Same shape: see Pin().
+  std::vector<uint8_t> copied_;   // Same shape: NoteCopied and not written since.
   // Same shape, bits set but not yet durable: `unsynced_` for the next round, `in_round_` for
   // the running one. A write into a region whose bit is durable goes ahead at once, even while
   // other regions of its page wait for a round.

@@ -80,9 +80,11 @@ asio::awaitable<Status> PeerStream::Handshake(bool dialer) {
 asio::awaitable<Status> PeerStream::ReadExact(asio::mutable_buffer buffer) {
   boost::system::error_code ec;
   if (tls_) {
-    co_await asio::async_read(*tls_, buffer, asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_read(*tls_, buffer, base::TransferAllUncapped{},
+                              asio::redirect_error(asio::use_awaitable, ec));
   } else {
-    co_await asio::async_read(*plain_, buffer, asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_read(*plain_, buffer, base::TransferAllUncapped{},
+                              asio::redirect_error(asio::use_awaitable, ec));
   }
   if (ec) {
     co_return StreamError(ec, "receive");
@@ -107,7 +109,8 @@ asio::awaitable<base::Result<size_t>> PeerStream::ReadSome(asio::mutable_buffer 
 asio::awaitable<Status> PeerStream::WriteAll(std::vector<asio::const_buffer>& buffers) {
   boost::system::error_code ec;
   if (tls_) {
-    co_await asio::async_write(*tls_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_write(*tls_, buffers, base::TransferAllUncapped{},
+                               asio::redirect_error(asio::use_awaitable, ec));
   } else {
     ec = co_await base::WriteGathered(*plain_, buffers);
   }

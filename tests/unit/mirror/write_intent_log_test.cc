@@ -259,15 +259,40 @@ TEST_F(WriteIntentLogTest, ResyncClearSkipsPartialAndInFlightRegions) {
   log_.MarkRange(0, 4 * kRegion);
   log_.Persist([](base::Status) {});
   CompleteRound();
-  ASSERT_TRUE(log_.Mark(1 * kRegion, 512, [](base::Status) {}));
-  // Covers region 0 partly, 1 and 2 wholly (1 has a write in flight), 3 not at all.
-  log_.ClearRange(100, 3 * kRegion - 100);
+  // Covers region 0 partly, 1 and 2 wholly, 3 not at all.
+  log_.NoteCopied(100, 3 * kRegion - 100);
+  ASSERT_TRUE(log_.Mark(1 * kRegion, 512, [](base::Status) {}));  // 1: a write since the copy.
+  EXPECT_EQ(log_.ClearCopied(100, 3 * kRegion - 100), 1u);
   EXPECT_EQ(log_.marked_regions(), 3u);
   auto runs = log_.MarkedRuns();
   ASSERT_EQ(runs.size(), 2u);
   EXPECT_EQ(runs[0].offset_bytes, 0u);
   EXPECT_EQ(runs[0].length_bytes, 2 * kRegion);
   EXPECT_EQ(runs[1].offset_bytes, 3 * kRegion);
+}
+
+TEST_F(WriteIntentLogTest, ResyncClearKeepsRegionsWrittenSinceTheCopyEvenAfterTheWriteEnded) {
+  log_.MarkRange(0, 3 * kRegion);
+  log_.Persist([](base::Status) {});
+  CompleteRound();
+  log_.NoteCopied(0, 3 * kRegion);
+  // A client write into region 2 after the copy, finished before the batch's flush: it may
+  // not be durable on both (the flush that follows may have started before it completed).
+  ASSERT_TRUE(log_.Mark(2 * kRegion, 4096, [](base::Status) {}));
+  log_.Unmark(2 * kRegion, 4096);
+  // A verify mismatch (or the peer's marks) in region 1 after the copy.
+  log_.MarkRange(kRegion, 10);
+  EXPECT_EQ(log_.ClearCopied(0, 3 * kRegion), 1u);
+  auto runs = log_.MarkedRuns();
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].offset_bytes, kRegion);
+  EXPECT_EQ(runs[0].length_bytes, 2 * kRegion);
+  // The copies are forgotten: clearing again (a later batch over the same range) clears
+  // nothing without a new NoteCopied.
+  EXPECT_EQ(log_.ClearCopied(0, 3 * kRegion), 0u);
+  log_.NoteCopied(kRegion, 2 * kRegion);
+  EXPECT_EQ(log_.ClearCopied(0, 3 * kRegion), 2u);
+  EXPECT_EQ(log_.marked_regions(), 0u);
 }
 
 TEST_F(WriteIntentLogTest, RunsAreAlignedCappedAndClippedToTheVolume) {
