@@ -44,7 +44,8 @@
 #   BENCH_TARGETS="..."     subset of: standalone mirror-flush mirror-sync
 #   PGBENCH_SCALE=20 PGBENCH_CLIENTS=8 PGBENCH_THREADS=2 PGBENCH_SECONDS=60 PGBENCH_REPS=1
 #   PGBENCH_CASES="..."     subset of: standalone mirror-flush mirror-sync streaming local ("" skips part 2)
-#   PG_VOLUME_SIZE=4G       size of the (sparse) volumes under ext4 for PostgreSQL
+#   PG_VOLUME_SIZE=4G       size of the volumes under ext4 for PostgreSQL
+#   PG_VOLUME_ALLOC=sparse  sparse (truncate) or fallocate: how those volume files are created
 #   BENCH_INITIAL_SYNC=full full: every mirrored run waits for the initial full sync; skip: use
 #                           --skip-initial-sync (copies are identical), see above
 #   BENCH_MEM_LIMIT_MIB=64  the memory goal: each daemon's VmHWM must stay below this
@@ -229,6 +230,17 @@ size_bytes=$(numfmt --from=iec "$size") || die "BENCH_SIZE=$size is not a size"
 pg_volume_bytes=$(numfmt --from=iec "$pg_volume_size") || die "PG_VOLUME_SIZE is not a size"
 ((pg_volume_bytes >= 1 << 30 && pg_volume_bytes % (1 << 20) == 0)) ||
   die "PG_VOLUME_SIZE must be a multiple of 1 MiB and at least 1 GiB"
+pg_volume_alloc=${PG_VOLUME_ALLOC:-sparse}
+[[ $pg_volume_alloc == sparse || $pg_volume_alloc == fallocate ]] ||
+  die "PG_VOLUME_ALLOC must be sparse or fallocate"
+# new_pg_volume FILE: a new volume of zeroes. Sparse: every first write into a block allocates
+# it, and io_uring hands such O_DIRECT writes to its worker threads, one at a time per file.
+new_pg_volume() {
+  truncate -s "$pg_volume_bytes" "$1"
+  if [[ $pg_volume_alloc == fallocate ]]; then
+    fallocate -l "$pg_volume_bytes" "$1"
+  fi
+}
 fio --enghelp=nbd >/dev/null 2>&1 || die "fio lacks the nbd engine"
 [[ $initial_sync == full || $initial_sync == skip ]] ||
   die "BENCH_INITIAL_SYNC must be full or skip"
@@ -338,7 +350,7 @@ jq -n \
   --arg jobs "${job_names[*]}" --arg targets "${target_names[*]}" \
   --arg pg_scale "$pg_scale" --arg pg_clients "$pg_clients" --arg pg_threads "$pg_threads" \
   --arg pg_seconds "$pg_seconds" --arg pg_reps "$pg_reps" --arg pg_cases "${pg_cases[*]}" \
-  --arg pg_volume_size "$pg_volume_size" \
+  --arg pg_volume_size "$pg_volume_size" --arg pg_volume_alloc "$pg_volume_alloc" \
   --arg pg_conf "$(cat "$pg_conf")" \
   --arg mem_limit_mib "$mem_limit_mib" --arg initial_sync "$initial_sync" \
   --arg git_commit "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
@@ -759,11 +771,11 @@ run_pg() {
       volume=$dir/A.img standby_volume=$dir/B.img nbd_sock=$dir/nbd.sock
       # Two new sparse files of zeroes are identical, so the pair may skip the initial sync; the
       # full one sends holes as zero ranges and is quick.
-      truncate -s "$pg_volume_bytes" "$volume"
+      new_pg_volume "$volume"
       if [[ $pg_case == standalone ]]; then
         standby_volume=""
       else
-        truncate -s "$pg_volume_bytes" "$standby_volume"
+        new_pg_volume "$standby_volume"
       fi
       start_volume "$pg_case" "$volume" "$standby_volume" "$nbd_sock" "$prefix" \
         "$([[ $initial_sync == skip ]] && echo 1 || echo 0)"
