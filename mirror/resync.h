@@ -65,9 +65,8 @@ class Resync : public std::enable_shared_from_this<Resync> {
   // halves a resync's throughput. An interrupted resync copies at most a batch again.
   static constexpr uint64_t kFlushBatchBytes = 256 << 20;
 
-  Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
-         base::BufferPool& pool, SendWrite send_write, SendZero send_zero, SendFlush send_flush,
-         uint64_t rate_bytes_per_s);
+  Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log, base::BufferPool& pool,
+         SendWrite send_write, SendZero send_zero, SendFlush send_flush, uint64_t rate_bytes_per_s);
 
   void Start(Finished finished);
   void Cancel();
