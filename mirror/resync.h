@@ -61,8 +61,9 @@ class Resync : public std::enable_shared_from_this<Resync> {
   // bounds the buffers and range locks the resync holds.
   static constexpr int kMaxCopying = 32;
   // Confirmed bytes per flush. Nothing is held while a batch waits for its flush, so batches
-  // are large: on a host that writes back its cache at each flush, flushing every few MiB
-  // halves a resync's throughput. An interrupted resync copies at most a batch again.
+  // can be large; a batch is what an interrupted resync copies again. (On a host that writes
+  // back its cache at each flush, a flush during the copy costs about a fifth of the rate
+  // whatever the batch size: bench/RESULTS.md, "Recovery, third pass".)
   static constexpr uint64_t kFlushBatchBytes = 256 << 20;
 
   Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log, base::BufferPool& pool,
