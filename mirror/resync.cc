@@ -8,7 +8,7 @@ using base::Status;
 
 Resync::Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
                base::BufferPool& pool, SendWrite send_write, SendZero send_zero,
-               SendFlush send_flush, uint64_t rate_bytes_per_s)
+               SendFlush send_flush, uint64_t rate_bytes_per_s, uint64_t flush_batch_bytes)
     : io_(io),
       volume_(volume),
       intent_log_(intent_log),
@@ -17,6 +17,7 @@ Resync::Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
       send_zero_(std::move(send_zero)),
       send_flush_(std::move(send_flush)),
       rate_bytes_per_s_(rate_bytes_per_s),
+      flush_batch_bytes_(flush_batch_bytes),
       rate_timer_(io) {}
 
 void Resync::Start(Finished finished) {
@@ -80,6 +81,9 @@ void Resync::Resume() {
 
 void Resync::Pump() {
   while (!cancelled_ && !failed_ && !waiting_ && copying_ < kMaxCopying) {
+    if (!flushing_.empty() && awaiting_bytes_ >= flush_batch_bytes_) {
+      return;  // A whole batch waits behind the running flush: OnBatchDurable resumes.
+    }
     auto block = intent_log_.NextMarked(cursor_bytes_, kBlockBytes);
     if (!block) {
       return;
@@ -194,7 +198,7 @@ void Resync::MaybeFlush() {
   }
   // Batch while blocks are being copied; flush once the batch is big or nothing else is
   // issued (the end, or waiting for the rate limit or a buffer).
-  if (awaiting_bytes_ < kFlushBatchBytes && copying_ > 0) {
+  if (awaiting_bytes_ < flush_batch_bytes_ && copying_ > 0) {
     return;
   }
   flushing_ = std::move(awaiting_flush_);

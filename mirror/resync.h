@@ -61,13 +61,16 @@ class Resync : public std::enable_shared_from_this<Resync> {
   // bounds the buffers and range locks the resync holds.
   static constexpr int kMaxCopying = 32;
   // Confirmed bytes per flush. Nothing is held while a batch waits for its flush, so batches
-  // can be large; a batch is what an interrupted resync copies again. (On a host that writes
-  // back its cache at each flush, a flush during the copy costs about a fifth of the rate
-  // whatever the batch size: bench/RESULTS.md, "Recovery, third pass".)
+  // can be large. Copying pauses while a whole batch waits behind a running flush, so an
+  // interrupted resync copies at most two batches (and the blocks in flight) again. On a host
+  // that writes back its cache at each flush, a flush during the copy costs about a fifth of
+  // the rate whatever the batch size (bench/RESULTS.md, "Recovery, third pass").
   static constexpr uint64_t kFlushBatchBytes = 256 << 20;
 
+  // `flush_batch_bytes`: kFlushBatchBytes but in tests.
   Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log, base::BufferPool& pool,
-         SendWrite send_write, SendZero send_zero, SendFlush send_flush, uint64_t rate_bytes_per_s);
+         SendWrite send_write, SendZero send_zero, SendFlush send_flush, uint64_t rate_bytes_per_s,
+         uint64_t flush_batch_bytes = kFlushBatchBytes);
 
   void Start(Finished finished);
   void Cancel();
@@ -95,6 +98,7 @@ class Resync : public std::enable_shared_from_this<Resync> {
   SendZero send_zero_;
   SendFlush send_flush_;
   const uint64_t rate_bytes_per_s_;
+  const uint64_t flush_batch_bytes_;
   Finished finished_;
   ResyncProgress progress_;
   std::chrono::steady_clock::time_point started_;

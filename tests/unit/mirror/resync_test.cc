@@ -2,6 +2,7 @@
 // the test answers by hand: a block holds its range lock only until the peer confirms it, so a
 // client write into a copied block is not held up by the batch's flush; at that flush the
 // regions no write touched since their copy are cleared and the written one stays marked.
+// Copying pauses only while a whole batch waits behind a running flush.
 
 #include "mirror/resync.h"
 
@@ -38,7 +39,7 @@ class ResyncTest : public ::testing::Test {
     }
   }
 
-  std::shared_ptr<Resync> MakeResync() {
+  std::shared_ptr<Resync> MakeResync(uint64_t flush_batch_bytes = Resync::kFlushBatchBytes) {
     return std::make_shared<Resync>(
         io_, volume_, log_, pool_,
         [this](uint64_t offset, std::span<const std::byte>, PeerDone done) {
@@ -50,7 +51,7 @@ class ResyncTest : public ::testing::Test {
           peer_writes_.push_back(std::move(done));
         },
         [this](PeerDone done) { peer_flushes_.push_back(std::move(done)); },
-        /*rate_bytes_per_s=*/0);
+        /*rate_bytes_per_s=*/0, flush_batch_bytes);
   }
 
   asio::io_context io_;
@@ -130,6 +131,75 @@ TEST_F(ResyncTest, AFailedBatchFlushClearsNothing) {
   ASSERT_TRUE(finished.has_value());
   EXPECT_FALSE(*finished);
   EXPECT_EQ(log_.marked_regions(), kVolume / kRegion) << "unflushed copies must stay marked";
+}
+
+TEST(ResyncPauseTest, CopyingPausesWhileAWholeBatchWaitsBehindARunningFlush) {
+  constexpr uint64_t kBlocks = Resync::kMaxCopying + 8;
+  constexpr uint64_t kBig = kBlocks * Resync::kBlockBytes;
+  asio::io_context io;
+  FakeStore meta(io, kBitmapOffsetBytes + kBitmapPageBytes);
+  WriteIntentLog log(io, &meta, kBig, kRegion, std::vector<uint8_t>(kBitmapAreaBytes, 0));
+  FakeStore store(io, kBig);
+  Volume volume(io, store, nullptr, Mode::kFlush, &log);
+  base::BufferPool pool(64 << 20);
+  log.MarkAll();
+  log.Persist([](base::Status) {});
+  Drain(io);
+  meta.CompleteAll();
+  Drain(io);
+  std::vector<PeerDone> writes;
+  std::vector<PeerDone> flushes;
+  auto resync = std::make_shared<Resync>(
+      io, volume, log, pool,
+      [&](uint64_t, std::span<const std::byte>, PeerDone done) {
+        writes.push_back(std::move(done));
+      },
+      [&](uint64_t, uint64_t, PeerDone done) { writes.push_back(std::move(done)); },
+      [&](PeerDone done) { flushes.push_back(std::move(done)); }, /*rate_bytes_per_s=*/0,
+      /*flush_batch_bytes=*/Resync::kBlockBytes);
+  std::optional<bool> finished;
+  resync->Start([&](bool complete) { finished = complete; });
+  store.CompleteAll();
+  Drain(io);
+  ASSERT_EQ(writes.size(), static_cast<size_t>(Resync::kMaxCopying));
+  // Block 0 confirmed: a batch, its flush starts, and a new block takes the free slot.
+  writes[0](PeerOutcome::kConfirmed);
+  Drain(io);
+  ASSERT_EQ(flushes.size(), 1u);
+  store.CompleteAll();  // That block's read.
+  Drain(io);
+  EXPECT_EQ(writes.size(), static_cast<size_t>(Resync::kMaxCopying) + 1);
+  // Block 1 confirmed while that flush runs: a whole batch waits, so nothing new is issued.
+  writes[1](PeerOutcome::kConfirmed);
+  store.CompleteAll();
+  Drain(io);
+  EXPECT_EQ(writes.size(), static_cast<size_t>(Resync::kMaxCopying) + 1);
+  // The flush completes: the waiting batch's flush starts and copying resumes.
+  flushes[0](PeerOutcome::kConfirmed);
+  store.CompleteAll();  // The local datasync.
+  Drain(io);
+  EXPECT_EQ(flushes.size(), 2u);
+  store.CompleteAll();
+  Drain(io);
+  EXPECT_EQ(writes.size(), static_cast<size_t>(Resync::kMaxCopying) + 2);
+  // Everything else confirmed and flushed: the resync completes with nothing marked.
+  for (size_t i = 2; i < writes.size() || !finished; ++i) {
+    if (i < writes.size()) {
+      writes[i](PeerOutcome::kConfirmed);
+    }
+    for (size_t f = 1; f < flushes.size(); ++f) {
+      if (flushes[f]) {
+        auto done = std::move(flushes[f]);
+        flushes[f] = nullptr;
+        done(PeerOutcome::kConfirmed);
+      }
+    }
+    store.CompleteAll();
+    Drain(io);
+    ASSERT_LT(i, 10 * kBlocks) << "the resync does not finish";
+  }
+  EXPECT_TRUE(*finished);
+  EXPECT_EQ(log.marked_regions(), 0u);
 }
 
 }  // namespace
