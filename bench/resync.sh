@@ -22,7 +22,8 @@
 # Settings (environment): RESYNC_SIZE=2G RESYNC_REPS=3 RESYNC_DIRTY_WRITES=20000
 #   TRACK_SIZE=1G TRACK_RUNTIME=10 TRACK_REPS=3 TRACK_WARM_PASSES=4 OUTAGE_S=60 OUTAGE_IOPS=1000
 #   BENCH_PARTS="resync tracking outage" BENCH_TMPDIR=/var/tmp BENCH_OUT=bench/out
-#   RESYNC_STANDBY_DIR= (the resync part's standby copy elsewhere, e.g. /dev/shm; see below)
+#   RESYNC_STANDBY_DIR= RESYNC_PRIMARY_DIR= (the resync part's standby or primary copy elsewhere,
+#   e.g. /dev/shm; see below)
 #   NBDMIRROR_BIN=build/nbdmirror (copied before the run)
 # Output: bench/out/<timestamp>-resync/ with results.jsonl, raw fio/daemon output, meta.txt and
 # results.md (printed at the end). Needs root (drop_caches). Loopback and unix sockets only;
@@ -49,10 +50,21 @@ scratch=$(mktemp -d "$BENCH_TMPDIR/nbdmirror-resync.XXXXXX")
 # both the reads and the writes, which a two-host mirror never asks of one disk). Set it to a
 # directory on other storage (e.g. /dev/shm as a stand-in for the standby host's own disk) to
 # see the resync pipeline without that handicap.
+# RESYNC_PRIMARY_DIR does the opposite: the primary's copy (the source) on other storage, the
+# standby's on this disk, so the resync writes to the very disk whose raw write speed is the
+# baseline and nothing else uses it, as on a standby host.
 standby_scratch=$scratch
 if [[ -n ${RESYNC_STANDBY_DIR:-} ]]; then
   standby_scratch=$(mktemp -d "$RESYNC_STANDBY_DIR/nbdmirror-resync-standby.XXXXXX")
 fi
+primary_scratch=$scratch
+if [[ -n ${RESYNC_PRIMARY_DIR:-} ]]; then
+  primary_scratch=$(mktemp -d "$RESYNC_PRIMARY_DIR/nbdmirror-resync-primary.XXXXXX")
+fi
+layout=one-disk
+[[ -n ${RESYNC_STANDBY_DIR:-} ]] && layout=standby-elsewhere
+[[ -n ${RESYNC_PRIMARY_DIR:-} ]] && layout=primary-elsewhere
+[[ -n ${RESYNC_STANDBY_DIR:-} && -n ${RESYNC_PRIMARY_DIR:-} ]] && layout=both-elsewhere
 bin=$scratch/nbdmirror
 cp "${NBDMIRROR_BIN:-$root/build/nbdmirror}" "$bin"
 results=$out/results.jsonl
@@ -70,7 +82,7 @@ cleanup() {
   for pid in "${!live[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
-  rm -rf -- "$scratch" "$standby_scratch"
+  rm -rf -- "$scratch" "$standby_scratch" "$primary_scratch"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -87,7 +99,7 @@ track_bytes=$(numfmt --from=iec "$TRACK_SIZE")
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "command: $0 $*"
-  echo "settings: RESYNC_SIZE=$RESYNC_SIZE RESYNC_REPS=$RESYNC_REPS RESYNC_DIRTY_WRITES=$RESYNC_DIRTY_WRITES TRACK_SIZE=$TRACK_SIZE TRACK_RUNTIME=$TRACK_RUNTIME TRACK_REPS=$TRACK_REPS TRACK_WARM_PASSES=$TRACK_WARM_PASSES OUTAGE_S=$OUTAGE_S OUTAGE_IOPS=$OUTAGE_IOPS RESYNC_STANDBY_DIR=${RESYNC_STANDBY_DIR:-}"
+  echo "settings: RESYNC_SIZE=$RESYNC_SIZE RESYNC_REPS=$RESYNC_REPS RESYNC_DIRTY_WRITES=$RESYNC_DIRTY_WRITES TRACK_SIZE=$TRACK_SIZE TRACK_RUNTIME=$TRACK_RUNTIME TRACK_REPS=$TRACK_REPS TRACK_WARM_PASSES=$TRACK_WARM_PASSES OUTAGE_S=$OUTAGE_S OUTAGE_IOPS=$OUTAGE_IOPS RESYNC_STANDBY_DIR=${RESYNC_STANDBY_DIR:-} RESYNC_PRIMARY_DIR=${RESYNC_PRIMARY_DIR:-}"
   echo "git: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "binary sha256: $(sha256sum "$bin" | cut -c1-16)"
   echo "cpus: $(nproc); kernel $(uname -r); disk of $BENCH_TMPDIR: $(df --output=source "$BENCH_TMPDIR" | tail -1)"
@@ -154,16 +166,27 @@ restart_standby() {  # B EXTRA...
   pb=$pid
 }
 fresh() { rm -f -- "$1" "$1.nbdmirror-meta" "$1.control"; truncate -s "$2" "$1"; }
+# direct_ok DIR: whether files in DIR take O_DIRECT (tmpfs does not).
+direct_ok() {
+  dd if=/dev/zero of="$1/direct-probe" bs=4k count=1 oflag=direct status=none 2>/dev/null
+  local rc=$?
+  rm -f -- "$1/direct-probe"
+  return $rc
+}
 # seq_write FILE BYTES [FIO_ARGS...]: writes FILE whole, as the raw baseline does (fio io_uring,
-# O_DIRECT, 1 MiB, QD8, fsync at the end).
+# O_DIRECT where FILE's file system takes it, 1 MiB, QD8, fsync at the end).
 seq_write() {
+  local direct=0
+  direct_ok "$(dirname "$1")" && direct=1
   fio --name=seq-write --filename="$1" --size="$2" --rw=write --bs=1M --iodepth=8 \
-    --ioengine=io_uring --direct=1 --end_fsync=1 "${@:3}" >/dev/null
+    --ioengine=io_uring --direct=$direct --end_fsync=1 "${@:3}" >/dev/null
 }
 
 # ---- part 1: resync throughput ----------------------------------------------------------------
 part_resync() {
-  local rep a=$scratch/a.img b=$standby_scratch/b.img raw=$scratch/raw.img
+  local rep a=$primary_scratch/a.img b=$standby_scratch/b.img raw=$scratch/raw.img
+  local source_direct=0
+  direct_ok "$primary_scratch" && source_direct=1
   for ((rep = 1; rep <= RESYNC_REPS; rep++)); do
     run_label=resync-$rep
     rm -f -- "$raw"
@@ -181,18 +204,19 @@ part_resync() {
     seq_write "$a" "$size_bytes" --refill_buffers
     # The ceiling of a copy on this one disk, where both copies live here: reading the source
     # while writing a new file, at once (1 MiB, QD8 each); rate = size / the slower job's time.
+    # (With RESYNC_PRIMARY_DIR the source is read from that storage instead.)
     drop_caches
     fio --output-format=json --output="$out/raw/copy-$rep.json" \
       --name=read --filename="$a" --size="$size_bytes" --rw=read --bs=1M --iodepth=8 \
-      --ioengine=io_uring --direct=1 \
+      --ioengine=io_uring --direct=$source_direct \
       --name=write --filename="$raw" --size="$size_bytes" --rw=write --bs=1M --iodepth=8 \
       --ioengine=io_uring --direct=1 --end_fsync=1 >/dev/null
     local copy_bw
     copy_bw=$(jq --argjson s "$size_bytes" '$s * 1000 / ([.jobs[].job_runtime] | max) | floor' \
       "$out/raw/copy-$rep.json")
     rm -f -- "$raw"
-    record "{\"part\":\"resync\",\"case\":\"raw-copy\",\"rep\":$rep,\"bytes_per_s\":$copy_bw}"
-    log "rep $rep: raw copy on the same disk $((copy_bw >> 20)) MiB/s"
+    record "{\"part\":\"resync\",\"case\":\"raw-copy\",\"rep\":$rep,\"layout\":\"$layout\",\"bytes_per_s\":$copy_bw}"
+    log "rep $rep: raw copy ($layout) $((copy_bw >> 20)) MiB/s"
     drop_caches
     local t0 secs
     t0=$(now_s)

@@ -49,7 +49,7 @@ class LocalStore {
   // Advisory read-ahead into the host's cache.
   [[nodiscard]] virtual base::Status Prefetch(uint64_t offset_bytes, uint64_t length_bytes,
                                               StoreDone done) = 0;
-  // Allocation map of the range (synchronous; lseek SEEK_DATA/SEEK_HOLE is cheap).
+  // Allocation map of the range (synchronous: it must not wait on I/O).
   virtual base::Result<std::vector<nbd::Extent>> Allocation(uint64_t offset_bytes,
                                                             uint64_t length_bytes) = 0;
 };

@@ -246,9 +246,12 @@ void UringStore::ZeroByFallocate(uint64_t offset_bytes, uint64_t length_bytes,
     asio::post(io_, [done = std::move(done)] { done(Status::Ok()); });
     return;
   }
+  // Forgotten now and again once done: a lookup while the fallocate runs may see the old data.
+  ForgetDataRun(offset_bytes, length_bytes);
   Fallocate(offset_bytes, length_bytes, mode,
             [this, offset_bytes, length_bytes, options, mode, done = std::move(done)](
                 Status st) mutable {
+              ForgetDataRun(offset_bytes, length_bytes);
               const bool unsupported =
                   st.errno_value() == EOPNOTSUPP || st.errno_value() == EINVAL;
               if (st.ok() || !unsupported) {
@@ -287,29 +290,50 @@ base::Result<std::vector<nbd::Extent>> UringStore::Allocation(uint64_t offset_by
     return st;
   }
   std::vector<nbd::Extent> extents;
+  auto add = [&extents](uint64_t length, bool hole) {
+    if (!extents.empty() && extents.back().hole == hole) {
+      extents.back().length_bytes += length;
+    } else {
+      extents.push_back({length, hole});
+    }
+  };
   const uint64_t end = offset_bytes + length_bytes;
   uint64_t pos = offset_bytes;
   while (pos < end && extents.size() < kMaxExtents) {
+    if (pos >= known_data_begin_ && pos < known_data_end_) {
+      const uint64_t data_end = std::min(known_data_end_, end);
+      add(data_end - pos, false);
+      pos = data_end;
+      continue;
+    }
     const off_t data = ::lseek(buffered_fd_, static_cast<off_t>(pos), SEEK_DATA);
     if (data < 0) {
       // ENXIO: only a hole remains. Anything else (block devices): report data, which is
       // always a safe answer.
-      extents.push_back({end - pos, errno == ENXIO});
+      add(end - pos, errno == ENXIO);
       break;
     }
     if (static_cast<uint64_t>(data) > pos) {
       const uint64_t hole_end = std::min<uint64_t>(static_cast<uint64_t>(data), end);
-      extents.push_back({hole_end - pos, true});
+      add(hole_end - pos, true);
       pos = hole_end;
       continue;
     }
     const off_t hole = ::lseek(buffered_fd_, static_cast<off_t>(pos), SEEK_HOLE);
-    const uint64_t data_end =
-        hole < 0 ? end : std::min<uint64_t>(std::max<uint64_t>(hole, pos + 1), end);
-    extents.push_back({data_end - pos, false});
-    pos = data_end;
+    if (hole < 0) {
+      add(end - pos, false);
+      break;
+    }
+    known_data_begin_ = pos;
+    known_data_end_ = std::max<uint64_t>(static_cast<uint64_t>(hole), pos + 1);
   }
   return extents;
+}
+
+void UringStore::ForgetDataRun(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (offset_bytes < known_data_end_ && known_data_begin_ < offset_bytes + length_bytes) {
+    known_data_begin_ = known_data_end_ = 0;
+  }
 }
 
 void UringStore::Queue(Op* op) {

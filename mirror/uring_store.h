@@ -89,6 +89,7 @@ class UringStore final : public LocalStore {
   void ZeroByFallocate(uint64_t offset_bytes, uint64_t length_bytes, nbd::ZeroOptions options,
                        int mode, StoreDone done);
   void WriteZeroesSlowly(uint64_t offset_bytes, uint64_t length_bytes, StoreDone done);
+  void ForgetDataRun(uint64_t offset_bytes, uint64_t length_bytes);
 
   asio::io_context& io_;
   const std::string path_;
@@ -98,6 +99,13 @@ class UringStore final : public LocalStore {
   int buffered_fd_ = -1;
   int event_fd_ = -1;
   uint64_t size_bytes_ = 0;
+  // The last data run SEEK_HOLE reported: [begin, end) was data then. SEEK_HOLE costs as much
+  // as the run is long on some file systems (tmpfs walks every page to the next hole), so small
+  // windows walked through one long run (a resync, BLOCK_STATUS from a client) ask once, not per
+  // window. Writes never turn data into a hole and "data" is always a safe answer; a discard or
+  // zeroing, which may punch one, forgets the run.
+  uint64_t known_data_begin_ = 0;
+  uint64_t known_data_end_ = 0;
   uint32_t alignment_bytes_ = 1;
   bool is_block_device_ = false;
   std::unique_ptr<asio::posix::stream_descriptor> event_watch_;

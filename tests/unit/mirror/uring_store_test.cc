@@ -143,6 +143,40 @@ TEST_P(UringStoreTest, AllocationSeesHolesAndData) {
   EXPECT_TRUE(saw_data_at_2m);
 }
 
+// Allocation remembers the last data run it found (SEEK_HOLE can cost as much as the run is
+// long); a discard or a zeroing inside that run must still show up as the hole it made.
+TEST_P(UringStoreTest, AllocationSeesAHolePunchedInsideAKnownDataRun) {
+  AlignedBuffer in(4 << 20);
+  Fill(in.span(), 5);
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(0, in.span(), d); }).ok());
+  auto whole = store_->Allocation(0, 1 << 20);  // Learns the run [0, 4 MiB).
+  ASSERT_TRUE(whole.ok());
+  ASSERT_EQ(whole.value().size(), 1u);
+  EXPECT_FALSE(whole.value()[0].hole);
+  // Small windows walked through the run are answered from it, merged into one extent.
+  auto window = store_->Allocation(3 << 20, 2 << 20);
+  ASSERT_TRUE(window.ok());
+  ASSERT_FALSE(window.value().empty());
+  EXPECT_FALSE(window.value()[0].hole);
+  EXPECT_EQ(window.value()[0].length_bytes, 1u << 20);
+
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Discard(1 << 20, 1 << 20, d); }).ok());
+  auto after = store_->Allocation(1 << 20, 1 << 20);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after.value().size(), 1u);
+  EXPECT_TRUE(after.value()[0].hole) << "the punched MiB is still reported as data";
+
+  nbd::ZeroOptions punch;
+  punch.may_punch_hole = true;
+  ASSERT_TRUE(store_->Allocation(2 << 20, 1 << 20).ok());  // Learns [2 MiB, 4 MiB).
+  ASSERT_TRUE(
+      Wait([&](StoreDone d) { return store_->ZeroRange(3 << 20, 1 << 20, punch, d); }).ok());
+  auto zeroed = store_->Allocation(3 << 20, 1 << 20);
+  ASSERT_TRUE(zeroed.ok());
+  ASSERT_EQ(zeroed.value().size(), 1u);
+  EXPECT_TRUE(zeroed.value()[0].hole);
+}
+
 TEST_P(UringStoreTest, FastZeroNeverWritesSlowly) {
   nbd::ZeroOptions fast;
   fast.may_punch_hole = false;
