@@ -1,48 +1,27 @@
 #include "base/crc32c.h"
 
-#include <nmmintrin.h>
+#include <isa-l/crc.h>
 
-#include <boost/crc.hpp>
-#include <cstring>
+#include <algorithm>
+#include <climits>
 
 namespace base {
-namespace {
-
-__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(uint32_t crc,
-                                                          std::span<const std::byte> data) {
-  uint64_t state = ~crc;
-  const std::byte* p = data.data();
-  size_t n = data.size();
-  while (n >= 8) {
-    uint64_t word = 0;
-    std::memcpy(&word, p, 8);
-    state = _mm_crc32_u64(state, word);
-    p += 8;
-    n -= 8;
-  }
-  auto state32 = static_cast<uint32_t>(state);
-  while (n > 0) {
-    state32 = _mm_crc32_u8(state32, std::to_integer<uint8_t>(*p));
-    ++p;
-    --n;
-  }
-  return ~state32;
-}
-
-uint32_t Crc32cSoftware(uint32_t crc, std::span<const std::byte> data) {
-  // Reflected CRC32C; seeding with ~crc continues a previous run.
-  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> engine;
-  engine.reset(~crc);
-  engine.process_bytes(data.data(), data.size());
-  return engine.checksum();
-}
-
-const bool kHasSse42 = __builtin_cpu_supports("sse4.2");
-
-}  // namespace
 
 uint32_t Crc32c(uint32_t crc, std::span<const std::byte> data) {
-  return kHasSse42 ? Crc32cHardware(crc, data) : Crc32cSoftware(crc, data);
+  // ISA-L's crc32_iscsi neither inverts its seed nor its result; the standard CRC32C does both.
+  unsigned int state = ~crc;
+  // Its length is an int: feed very large spans in pieces (the state chains across calls).
+  constexpr size_t kMaxPiece = size_t{1} << 30;
+  static_assert(kMaxPiece <= INT_MAX);
+  auto* p = reinterpret_cast<unsigned char*>(const_cast<std::byte*>(data.data()));
+  size_t left = data.size();
+  while (left > 0) {
+    const size_t piece = std::min(left, kMaxPiece);
+    state = crc32_iscsi(p, static_cast<int>(piece), state);
+    p += piece;
+    left -= piece;
+  }
+  return ~state;
 }
 
 }  // namespace base

@@ -15,6 +15,7 @@ packages=(
   # libraries
   liburing-dev libboost-dev libboost-system-dev libprotobuf-dev protobuf-compiler
   libssl-dev libcli11-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev googletest
+  libisal-dev
   # real NBD clients and baselines
   libnbd-bin libnbd-dev nbdkit fio qemu-utils fuse3
   # filesystems, mounts, namespaces
