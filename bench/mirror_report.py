@@ -54,7 +54,16 @@ PG_METRICS = ["tps", "latency_avg_ms", "transactions", "failed", "primary_hwm_mi
               "primary_cpu_s", "standby_cpu_s", "wal_mb_s",
               "wal_bytes_per_tx", "datasyncs_per_tx", "writes_per_tx", "flushes_per_tx",
               "loadavg_before", "cpu_busy_pct", "init_s", "writes_in_flight_median",
-              "peer_ops_in_flight_median", "standby_ops_in_flight_median"]
+              "peer_ops_in_flight_median", "standby_ops_in_flight_median",
+              "write_ms", "write_local_ms", "write_peer_ms", "flush_ms", "flush_local_ms",
+              "flush_peer_ms"]
+# The daemon's latency counters (status keys, diskstats-style): mean = Δsum / Δcount.
+LATENCY_MEANS = {"write_ms": ("modify_us", "modify_done"),
+                 "write_local_ms": ("modify_local_us", "modify_done"),
+                 "write_peer_ms": ("modify_peer_us", "modify_peer_done"),
+                 "flush_ms": ("flush_us", "flush_done"),
+                 "flush_local_ms": ("flush_local_us", "flush_done"),
+                 "flush_peer_ms": ("flush_peer_us", "flush_peer_done")}
 
 # The targets. Ratios are of medians.
 GOAL_QD32_MIN = 0.7        # mirror-flush / standalone IOPS, w4k_qd32
@@ -201,6 +210,11 @@ def collect_pg_run(out_dir, run, problems):
         run["datasyncs_per_tx"] = delta["datasyncs"] / run["transactions"]
         run["writes_per_tx"] = delta["writes"] / run["transactions"]
         run["flushes_per_tx"] = delta["flushes"] / run["transactions"]
+    for name, (sum_key, count_key) in LATENCY_MEANS.items():
+        if sum_key in after and count_key in after:
+            count = after[count_key] - before.get(count_key, 0)
+            if count > 0:
+                run[name] = (after[sum_key] - before.get(sum_key, 0)) / count / 1000
 
 
 def status_samples(out_dir, run):
@@ -465,6 +479,34 @@ def pg_table(results):
     return "\n".join(lines)
 
 
+def pg_latency_table(results):
+    """Where a pgbench transaction's I/O waited, from the primary daemon's latency counters."""
+    med = results["pg_medians"]
+    rows = [c for c in results["cases"] if med.get(c, {}).get("write_ms") is not None]
+    if not rows:
+        return ""
+    head = ["case", "write ms: whole / local / peer", "flush ms: whole / local datasync / peer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case in rows:
+        m = med[case]
+        lines.append("| " + " | ".join([
+            PG_LABELS[case],
+            " / ".join(fmt(m.get(k), 2) for k in ("write_ms", "write_local_ms", "write_peer_ms")),
+            " / ".join(fmt(m.get(k), 2) for k in ("flush_ms", "flush_local_ms", "flush_peer_ms")),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def pg_latency_section(results):
+    table = pg_latency_table(results)
+    if not table:
+        return []
+    return ["Where the primary daemon's writes and flushes waited during pgbench (means from its "
+            "latency counters, `modify_*` and `flush_*` in status, over the run; medians over "
+            "repetitions). local: its own store (plus datasync for durable writes); peer: from "
+            "handing the request to the link to the standby's confirmation.", "", table, ""]
+
+
 def goals_table(results):
     lines = ["| target | measured | result |", "|---|---|---|"]
     for goal in results["goals"]:
@@ -524,6 +566,7 @@ def markdown(results):
         "",
         pg_table(results),
         "",
+        *pg_latency_section(results),
         "## fio details (medians)",
         "",
         "clat is the completion latency of the writes; flush is the NBD FLUSH fio sends after "

@@ -331,6 +331,17 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("degraded_writes", s.degraded_writes);
     num("errors", s.errors);
     num("datasyncs", node.volume->group_commit().datasync_count());
+    num("modify_done", s.modify_done);
+    num("modify_us", s.modify_us);
+    num("modify_queue_us", s.modify_queue_us);
+    num("modify_local_us", s.modify_local_us);
+    num("modify_peer_done", s.modify_peer_done);
+    num("modify_peer_us", s.modify_peer_us);
+    num("flush_done", s.flush_done);
+    num("flush_us", s.flush_us);
+    num("flush_local_us", s.flush_local_us);
+    num("flush_peer_done", s.flush_peer_done);
+    num("flush_peer_us", s.flush_peer_us);
   }
   return fields;
 }

@@ -6,6 +6,17 @@ namespace mirror {
 
 using base::Status;
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t MicrosSince(Clock::time_point start) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
+}
+
+}  // namespace
+
 // One client write between its range grant and its reply.
 struct Volume::PendingWrite {
   InflightRanges::Ticket ticket = 0;
@@ -22,6 +33,8 @@ struct Volume::PendingWrite {
   nbd::DoneCallback done;
   StoreCall store;  // Starts the local operation.
   PeerCall peer;    // Starts the replication; unused without a peer.
+  std::chrono::steady_clock::time_point arrived;     // Modify() was called.
+  std::chrono::steady_clock::time_point fanned_out;  // Handed to the store and the link.
 };
 
 Volume::Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode,
@@ -113,6 +126,7 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
     return st;
   }
   auto write = std::make_shared<PendingWrite>();
+  write->arrived = Clock::now();
   write->offset_bytes = offset_bytes;
   write->length_bytes = length_bytes;
   write->durable = fua || mode_ == Mode::kSync;
@@ -157,6 +171,8 @@ void Volume::MarkIntent(const std::shared_ptr<PendingWrite>& write) {
 }
 
 void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
+  write->fanned_out = Clock::now();
+  stats_.modify_queue_us += MicrosSince(write->arrived);
   Status st =
       write->store([this, write](Status result) { OnLocalWritten(write, std::move(result)); });
   if (!st.ok()) {
@@ -168,6 +184,10 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
     return;
   }
   write->peer([this, write](PeerOutcome outcome) {
+    if (outcome == PeerOutcome::kConfirmed) {
+      ++stats_.modify_peer_done;
+      stats_.modify_peer_us += MicrosSince(write->fanned_out);
+    }
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
     write->peer_aborted = outcome == PeerOutcome::kAborted;
@@ -184,18 +204,21 @@ void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status s
     ++stats_.errors;
     write->local_status = std::move(status);
     write->local_done = true;
+    stats_.modify_local_us += MicrosSince(write->fanned_out);
     MaybeFinish(write);
     return;
   }
   group_commit_.NoteWriteCompleted();
   if (!write->durable) {
     write->local_done = true;
+    stats_.modify_local_us += MicrosSince(write->fanned_out);
     MaybeFinish(write);
     return;
   }
   group_commit_.RequestDurable([this, write](Status synced) {
     write->local_status = std::move(synced);
     write->local_done = true;
+    stats_.modify_local_us += MicrosSince(write->fanned_out);
     MaybeFinish(write);
   });
 }
@@ -220,6 +243,8 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   --stats_.writes_in_flight;
   stats_.bytes_in_flight -= write->length_bytes;
   stats_.degraded_writes += write->peer_degraded ? 1 : 0;
+  ++stats_.modify_done;
+  stats_.modify_us += MicrosSince(write->arrived);
   auto done = std::move(write->done);
   if (write->peer_aborted && write->local_status.ok()) {
     done(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
@@ -230,10 +255,7 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
 
 Status Volume::Flush(nbd::DoneCallback done) {
   ++stats_.flushes;
-  if (peer_ == nullptr) {
-    group_commit_.RequestDurable(std::move(done));
-    return Status::Ok();
-  }
+  const Clock::time_point arrived = Clock::now();
   struct FlushState {
     bool local_done = false;
     bool peer_done = false;
@@ -243,26 +265,37 @@ Status Volume::Flush(nbd::DoneCallback done) {
   };
   auto state = std::make_shared<FlushState>();
   state->done = std::move(done);
-  auto finish = [state] {
-    if (state->local_done && state->peer_done) {
-      auto cb = std::move(state->done);
-      if (state->peer_aborted && state->local_status.ok()) {
-        cb(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
-        return;
-      }
-      cb(std::move(state->local_status));
+  state->peer_done = peer_ == nullptr;
+  auto finish = [this, state, arrived] {
+    if (!state->local_done || !state->peer_done) {
+      return;
     }
+    ++stats_.flush_done;
+    stats_.flush_us += MicrosSince(arrived);
+    auto cb = std::move(state->done);
+    if (state->peer_aborted && state->local_status.ok()) {
+      cb(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
+      return;
+    }
+    cb(std::move(state->local_status));
   };
-  group_commit_.RequestDurable([state, finish](Status st) {
+  group_commit_.RequestDurable([this, state, finish, arrived](Status st) {
+    stats_.flush_local_us += MicrosSince(arrived);
     state->local_status = std::move(st);
     state->local_done = true;
     finish();
   });
-  peer_->ReplicateFlush([state, finish](PeerOutcome outcome) {
-    state->peer_done = true;
-    state->peer_aborted = outcome == PeerOutcome::kAborted;
-    finish();
-  });
+  if (peer_ != nullptr) {
+    peer_->ReplicateFlush([this, state, finish, arrived](PeerOutcome outcome) {
+      if (outcome == PeerOutcome::kConfirmed) {
+        ++stats_.flush_peer_done;
+        stats_.flush_peer_us += MicrosSince(arrived);
+      }
+      state->peer_done = true;
+      state->peer_aborted = outcome == PeerOutcome::kAborted;
+      finish();
+    });
+  }
   return Status::Ok();
 }
 

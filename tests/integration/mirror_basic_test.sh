@@ -106,7 +106,8 @@ run_mode() {
     --bssplit=512/10:4k/25:16k/15:64k/25:256k/15:1m/10 --blockalign=512 --verify_backlog=256
   nm_log "mode ${mode}: mixed sizes (64 KiB and 1 MiB included) with verify backlog: all verified"
 
-  nbdcopy "$NM_TMP/random.bin" "$uri" || nm_fail "nbdcopy into the export failed (mode ${mode})"
+  nbdcopy --flush "$NM_TMP/random.bin" "$uri" ||
+    nm_fail "nbdcopy into the export failed (mode ${mode})"
   nbdcopy "$uri" "$NM_TMP/readback.bin" || nm_fail "nbdcopy out of the export failed (mode ${mode})"
   cmp -n $((32 << 20)) "$NM_TMP/random.bin" "$NM_TMP/readback.bin" ||
     nm_fail "the random data does not read back from the export (mode ${mode})"
@@ -123,6 +124,22 @@ run_mode() {
   expect_status "$b" disk UpToDate
   nm_status_ge "$b" applied_writes 1000 ||
     nm_fail "the standby applied only '$(nm_status_field "$b" applied_writes)' writes"
+  # The latency counters: with no degraded write and no error, the peer confirmed every
+  # modifying request, and each part of a write's time fits inside the whole.
+  local n_done peer_done total peer_us local_us flushes
+  n_done=$(nm_status_field "$a" modify_done)
+  peer_done=$(nm_status_field "$a" modify_peer_done)
+  total=$(nm_status_field "$a" modify_us)
+  peer_us=$(nm_status_field "$a" modify_peer_us)
+  local_us=$(nm_status_field "$a" modify_local_us)
+  flushes=$(nm_status_field "$a" flush_done)
+  ((n_done >= 1000 && peer_done == n_done)) ||
+    nm_fail "modify_done ${n_done}, modify_peer_done ${peer_done}: every write should be confirmed"
+  ((total > 0 && peer_us <= total && local_us <= total)) ||
+    nm_fail "modify_us ${total} should cover modify_peer_us ${peer_us} and modify_local_us ${local_us}"
+  ((flushes >= 1)) || nm_fail "no FLUSH counted in flush_done (nbdcopy --flush sends one)"
+  nm_log "mode ${mode}: ${n_done} writes, mean $((total / n_done)) us of which the peer's part" \
+    "$((peer_us / peer_done)) us, local $((local_us / n_done)) us (latency counters)"
   [[ $(nm_count_in_log "$primary_log" "peer b lost") == 0 ]] ||
     nm_fail "the link to the standby dropped during the writes (mode ${mode})"
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <deque>
 
 #include "mirror/volume.h"
@@ -141,6 +142,52 @@ TEST_F(MirroredVolumeTest, FailedLocalWriteFailsEvenIfThePeerConfirmed) {
   peer_.Answer(PeerOutcome::kConfirmed);
   ASSERT_TRUE(store_.FailOldest(EIO));
   EXPECT_EQ(result.errno_value(), EIO);
+}
+
+// Lets at least `us` microseconds of real time pass (the latency counters read the real clock).
+void LetTimePass(int64_t us) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+
+TEST_F(MirroredVolumeTest, LatencyCountersSplitAWriteAndAFlushIntoTheirParts) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(4096, 8);
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status) { replied = true; }).ok());
+  store_.CompleteAll();
+  LetTimePass(3000);  // The peer answers 3 ms after the local write completed.
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(replied);
+  VolumeStats s = volume.stats();
+  EXPECT_EQ(s.modify_done, 1u);
+  EXPECT_EQ(s.modify_peer_done, 1u);
+  EXPECT_GE(s.modify_peer_us, 3000u);
+  EXPECT_LT(s.modify_local_us, s.modify_peer_us);
+  EXPECT_GE(s.modify_us, s.modify_peer_us);
+  EXPECT_LE(s.modify_queue_us, s.modify_us);
+
+  // A degraded answer counts as a reply, not as a peer confirmation.
+  ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  peer_.Answer(PeerOutcome::kDegraded);
+  store_.CompleteAll();
+  EXPECT_EQ(volume.stats().modify_done, 2u);
+  EXPECT_EQ(volume.stats().modify_peer_done, 1u);
+
+  bool flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status) { flushed = true; }).ok());
+  ASSERT_EQ(peer_.ops.front().kind, FakePeerLink::Op::kFlush);
+  peer_.Answer(PeerOutcome::kConfirmed);
+  LetTimePass(3000);  // This time the local datasync is the slow side.
+  store_.CompleteAll();
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+  s = volume.stats();
+  EXPECT_EQ(s.flush_done, 1u);
+  EXPECT_EQ(s.flush_peer_done, 1u);
+  EXPECT_GE(s.flush_local_us, 3000u);
+  EXPECT_LT(s.flush_peer_us, s.flush_local_us);
+  EXPECT_GE(s.flush_us, s.flush_local_us);
 }
 
 }  // namespace
