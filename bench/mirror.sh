@@ -46,6 +46,10 @@
 #   PGBENCH_CASES="..."     subset of: standalone mirror-flush mirror-sync streaming local ("" skips part 2)
 #   PG_VOLUME_SIZE=4G       size of the volumes under ext4 for PostgreSQL
 #   PG_VOLUME_ALLOC=sparse  sparse (truncate) or fallocate: how those volume files are created
+#   PG_STANDBY_DIR=         where the pgbench cases keep the standby's copy (the mirrored cases'
+#                           standby volume, the streaming case's standby data directory); default
+#                           beside the primary's. Other storage (e.g. /dev/shm) stands in for a
+#                           standby host's own disk: one disk then serves the primary alone.
 #   BENCH_INITIAL_SYNC=full full: every mirrored run waits for the initial full sync; skip: use
 #                           --skip-initial-sync (copies are identical), see above
 #   BENCH_MEM_LIMIT_MIB=64  the memory goal: each daemon's VmHWM must stay below this
@@ -191,6 +195,9 @@ cleanup() {
     done
   done
   cd /
+  if [[ -n ${standby_tmp:-} && $standby_tmp != "$tmp" && -d $standby_tmp ]]; then
+    rm -rf -- "$standby_tmp"
+  fi
   if [[ -n $tmp && -d $tmp ]]; then
     # Never delete through a mount that would not go away.
     if findmnt -rn -o TARGET | grep -q "^$tmp/"; then
@@ -279,6 +286,11 @@ mkdir -p "$out/raw"
 tmp=$(mktemp -d "$tmp_parent/nbdmirror-mirror.XXXXXX")
 # PostgreSQL runs as postgres and must reach its directories, sockets and logs in here.
 chmod 755 "$tmp"
+standby_tmp=$tmp
+if [[ -n ${PG_STANDBY_DIR:-} ]]; then
+  standby_tmp=$(mktemp -d "$PG_STANDBY_DIR/nbdmirror-mirror-standby.XXXXXX")
+  chmod 755 "$standby_tmp"
+fi
 cd "$tmp"
 nbdmirror_bin=$tmp/nbdmirror
 cp -- "$nbdmirror_src" "$nbdmirror_bin"
@@ -366,6 +378,7 @@ jq -n \
   --arg cpu "$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
   --arg mem "$(grep MemTotal /proc/meminfo | tr -s ' ')" \
   --arg tmpdir "$tmp_parent" \
+  --arg pg_standby_dir "${PG_STANDBY_DIR:-}" \
   --arg fs "$(findmnt -no FSTYPE -T "$tmp_parent" 2>/dev/null || stat -f -c %T "$tmp_parent")" \
   --arg device "$dev" \
   --arg lsblk "$(lsblk -o NAME,SIZE,ROTA,TYPE,MOUNTPOINTS 2>/dev/null || lsblk)" \
@@ -756,11 +769,11 @@ wait_sync_standby() {
 run_pg() {
   local pg_case=$1 rep=$2
   local tag=pgbench.$pg_case.$rep prefix=$out/raw/pgbench.$pg_case.$rep
-  local dir=$tmp/pg/$pg_case.$rep
+  local dir=$tmp/pg/$pg_case.$rep sdir=$standby_tmp/pg/$pg_case.$rep.standby
   local sockdir=$dir/sock port data mnt="" state=""
   local volume="" standby_volume="" nbd_sock=""
-  mkdir -p "$dir"
-  chmod 755 "$dir"
+  mkdir -p "$dir" "$sdir"
+  chmod 755 "$dir" "$sdir"
   port=$(free_port)
   primary_pid="" standby_pid="" sync_wait_s=null last_primary_cmd=""
   local setup_started
@@ -768,7 +781,7 @@ run_pg() {
 
   case $pg_case in
     standalone | mirror-flush | mirror-sync)
-      volume=$dir/A.img standby_volume=$dir/B.img nbd_sock=$dir/nbd.sock
+      volume=$dir/A.img standby_volume=$sdir/B.img nbd_sock=$dir/nbd.sock
       # Two new sparse files of zeroes are identical, so the pair may skip the initial sync; the
       # full one sends holes as zero ranges and is quick.
       new_pg_volume "$volume"
@@ -806,7 +819,7 @@ run_pg() {
   fi
   pg_start "$data" "$sockdir" "$port" "$dir/postgres.log"
   if [[ $pg_case == streaming ]]; then
-    standby_data=$dir/standby
+    standby_data=$sdir/standby
     standby_port=$(free_port)
     # pg_basebackup -R writes primary_conninfo (with our application_name) and standby.signal.
     install -d -o postgres -g postgres -m 700 "$standby_data"
@@ -902,7 +915,7 @@ run_pg() {
       same_content "$volume" "$standby_volume" && copies_identical=true
     fi
   fi
-  rm -rf -- "$dir"
+  rm -rf -- "$dir" "$sdir"
 
   jq -cn --arg kind pgbench --arg case "$pg_case" --argjson rep "$rep" \
     --arg output "raw/$tag.txt" --argjson pgbench_rc "$pgbench_rc" --arg status_samples "$samples" \
