@@ -46,6 +46,7 @@
 #   PGBENCH_CASES="..."     subset of: standalone mirror-flush mirror-sync streaming local ("" skips part 2)
 #   PG_VOLUME_SIZE=4G       size of the volumes under ext4 for PostgreSQL
 #   PG_VOLUME_ALLOC=sparse  sparse (truncate) or fallocate: how those volume files are created
+#   BENCH_DAEMON_NICE=      --nice for every nbdmirror daemon (e.g. -10); default: not given
 #   PG_STANDBY_DIR=         where the pgbench cases keep the standby's copy (the mirrored cases'
 #                           standby volume, the streaming case's standby data directory); default
 #                           beside the primary's. Other storage (e.g. /dev/shm) stands in for a
@@ -379,6 +380,7 @@ jq -n \
   --arg mem "$(grep MemTotal /proc/meminfo | tr -s ' ')" \
   --arg tmpdir "$tmp_parent" \
   --arg pg_standby_dir "${PG_STANDBY_DIR:-}" \
+  --arg daemon_nice "${BENCH_DAEMON_NICE:-}" \
   --arg fs "$(findmnt -no FSTYPE -T "$tmp_parent" 2>/dev/null || stat -f -c %T "$tmp_parent")" \
   --arg device "$dev" \
   --arg lsblk "$(lsblk -o NAME,SIZE,ROTA,TYPE,MOUNTPOINTS 2>/dev/null || lsblk)" \
@@ -513,12 +515,14 @@ wait_in_sync() {
 # and sync_wait_s.
 start_volume() {
   local target=$1 volume=$2 standby_volume=$3 sock=$4 prefix=$5 skip=$6
-  local -a primary_cmd
+  local -a primary_cmd nice_args=()
+  [[ -n ${BENCH_DAEMON_NICE:-} ]] && nice_args=(--nice "$BENCH_DAEMON_NICE")
   primary_pid="" standby_pid="" sync_wait_s=null
   rm -f -- "$sock"
   case $target in
     standalone)
-      primary_cmd=("$nbdmirror_bin" run --volume "$volume" --node a --primary --nbd "unix:$sock")
+      primary_cmd=("$nbdmirror_bin" run --volume "$volume" --node a --primary --nbd "unix:$sock"
+        "${nice_args[@]}")
       ;;
     mirror-flush | mirror-sync)
       local port_a port_b
@@ -527,11 +531,12 @@ start_volume() {
       # New metadata on both sides: a first pairing, with or without the full initial sync.
       rm -f -- "$volume.nbdmirror-meta" "$standby_volume.nbdmirror-meta"
       start_daemon standby "$prefix.standby.log" "$nbdmirror_bin" run --volume "$standby_volume" \
-        --node b --listen "127.0.0.1:$port_b" --peer "a=127.0.0.1:$port_a" --secret-file "$secret"
+        --node b --listen "127.0.0.1:$port_b" --peer "a=127.0.0.1:$port_a" --secret-file "$secret" \
+        "${nice_args[@]}"
       standby_pid=$daemon_pid
       primary_cmd=("$nbdmirror_bin" run --volume "$volume" --node a --primary
         --listen "127.0.0.1:$port_a" --peer "b=127.0.0.1:$port_b" --secret-file "$secret"
-        --nbd "unix:$sock" --mode "${target#mirror-}")
+        --nbd "unix:$sock" --mode "${target#mirror-}" "${nice_args[@]}")
       ((skip)) && primary_cmd+=(--skip-initial-sync)
       ;;
   esac

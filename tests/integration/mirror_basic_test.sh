@@ -14,6 +14,8 @@
 # acknowledged without the peer (degraded_writes stays 0, the link never drops) and the standby
 # must have applied writes. Then SIGTERM the primary (exit 0, "in sync" at shutdown), then the
 # standby (exit 0), and cmp the two backing files.
+# The flush-mode pair runs with --nice -5: every thread of both daemons (io_uring workers
+# included) must run at that priority, and an unprivileged --nice -5 must be refused at start.
 
 # shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
@@ -26,6 +28,20 @@ region_bytes=$((24 << 20))
 secret=$NM_TMP/secret
 nm_make_secret "$secret"
 head -c 32M /dev/urandom >"$NM_TMP/random.bin"
+
+# expect_nice PID VALUE: every thread of PID runs at nice VALUE (field 19 of its stat; fields
+# are counted after the ")" that ends the command name, which may hold spaces).
+expect_nice() {
+  local stat task nice threads=0
+  for stat in /proc/"$1"/task/*/stat; do
+    task=$(<"$stat") || continue
+    nice=$(awk '{ print $17 }' <<<"${task##*) }")
+    [[ $nice == "$2" ]] || nm_fail "thread ${stat%/stat} of pid $1 runs at nice '${nice}', expected $2"
+    threads=$((threads + 1))
+  done
+  ((threads > 0)) || nm_fail "no threads found for pid $1"
+  nm_log "pid $1: all ${threads} threads at nice $2"
+}
 
 # expect_status VOLUME KEY VALUE: one status field must have this value now.
 expect_status() {
@@ -68,8 +84,9 @@ sys.exit(1 if errors else 0)
 EOF
 }
 
-run_mode() {
+run_mode() {  # run_mode MODE [DAEMON_FLAGS...]
   local mode=$1
+  shift
   local a=$NM_TMP/$mode-a.img b=$NM_TMP/$mode-b.img sock=$NM_TMP/$mode.sock
   local ports port_a port_b
   ports=$(nm_free_ports 2)
@@ -78,10 +95,10 @@ run_mode() {
   nm_make_volume "$b" "${volume_mib}M"
 
   NM_DAEMON_LABEL=standby-$mode nm_start_secondary "$b" --node b \
-    --listen "127.0.0.1:$port_b" --peer "a=127.0.0.1:$port_a" --secret-file "$secret"
+    --listen "127.0.0.1:$port_b" --peer "a=127.0.0.1:$port_a" --secret-file "$secret" "$@"
   local standby=$NM_PID
   NM_DAEMON_LABEL=primary-$mode nm_start_primary "$a" "$sock" --node a --mode "$mode" \
-    --listen "127.0.0.1:$port_a" --peer "b=127.0.0.1:$port_b" --secret-file "$secret"
+    --listen "127.0.0.1:$port_a" --peer "b=127.0.0.1:$port_b" --secret-file "$secret" "$@"
   local primary=$NM_PID primary_log=$NM_LOG uri=$NM_URI
 
   nm_wait_status 30 "$a" peer_disk UpToDate
@@ -116,6 +133,10 @@ run_mode() {
 
   nm_assert_alive "$primary" "primary"
   nm_assert_alive "$standby" "standby"
+  if [[ ${1:-} == --nice ]]; then
+    expect_nice "$primary" "$2"
+    expect_nice "$standby" "$2"
+  fi
   expect_status "$a" connection connected
   expect_status "$a" peer_disk UpToDate
   expect_status "$a" degraded_writes 0
@@ -155,5 +176,18 @@ run_mode() {
 }
 
 run_mode sync
-run_mode flush
+run_mode flush --nice -5
+
+# A priority the daemon may not take is refused at start, with the reason, before it serves.
+if command -v setpriv >/dev/null && [[ $(id -u) == 0 ]]; then
+  rc=0
+  setpriv --reuid=65534 --regid=65534 --clear-groups "$NM_BIN" run \
+    --volume "$NM_TMP/never-opened.img" --nice -5 >"$NM_TMP/nice.out" 2>&1 || rc=$?
+  ((rc == 2)) || nm_fail "an unprivileged --nice -5 exited ${rc}, expected 2"
+  grep -q "cannot set the CPU priority" "$NM_TMP/nice.out" ||
+    nm_fail "the refusal does not say why: $(cat "$NM_TMP/nice.out")"
+  nm_log "an unprivileged --nice -5 is refused: $(tail -1 "$NM_TMP/nice.out")"
+else
+  nm_log "not root: the unprivileged --nice refusal is not checked here"
+fi
 nm_log "PASS"
