@@ -294,6 +294,10 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("applied_writes", node.applier->stats().writes);
     num("applied_bytes", node.applier->stats().written_bytes);
     num("ops_in_flight", node.applier->stats().ops_in_flight);
+    num("apply_done", node.applier->stats().apply_done);
+    num("apply_us", node.applier->stats().apply_us);
+    num("apply_flush_done", node.applier->stats().apply_flush_done);
+    num("apply_flush_us", node.applier->stats().apply_flush_us);
   }
   text("connection", connection);
   text("peer_disk", peer_disk);

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "base/check.h"
+#include "base/elapsed.h"
 #include "base/sha256.h"
 #include "transport/peer.pb.h"
 
@@ -84,16 +85,17 @@ void ReplicaApplier::ApplyWrite(transport::Frame frame) {
   ++stats_.writes;
   (write.resync() ? stats_.resync_bytes : stats_.written_bytes) += write.length_bytes();
   ++stats_.ops_in_flight;
+  const auto arrived = std::chrono::steady_clock::now();
   auto payload = std::make_shared<base::Buffer>(std::move(frame.payload));
   WeakLink link = link_;
   const uint64_t seq = write.seq();
   const bool durable = write.durable();
   Status st = store_.Write(write.offset_bytes(), payload->span(),
-                           [this, payload, link, seq, durable](Status result) {
-                             Finish(link, seq, durable, std::move(result));
+                           [this, payload, link, seq, durable, arrived](Status result) {
+                             Finish(link, seq, durable, std::move(result), arrived);
                            });
   if (!st.ok()) {
-    asio::post(io_, [this, link, seq, st] { Finish(link, seq, false, st); });
+    asio::post(io_, [this, link, seq, st, arrived] { Finish(link, seq, false, st, arrived); });
   }
 }
 
@@ -110,11 +112,12 @@ void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
     return;
   }
   ++stats_.ops_in_flight;
+  const auto arrived = std::chrono::steady_clock::now();
   WeakLink link = link_;
   const uint64_t seq = zero.seq();
   const bool durable = zero.durable();
-  auto finish = [this, link, seq, durable](Status result) {
-    Finish(link, seq, durable, std::move(result));
+  auto finish = [this, link, seq, durable, arrived](Status result) {
+    Finish(link, seq, durable, std::move(result), arrived);
   };
   Status st;
   if (zero.discard()) {
@@ -125,7 +128,7 @@ void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
     st = store_.ZeroRange(zero.offset_bytes(), zero.length_bytes(), options, finish);
   }
   if (!st.ok()) {
-    asio::post(io_, [this, link, seq, st] { Finish(link, seq, false, st); });
+    asio::post(io_, [this, link, seq, st, arrived] { Finish(link, seq, false, st, arrived); });
   }
 }
 
@@ -150,12 +153,15 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
   }
   ++stats_.flushes;
   ++stats_.ops_in_flight;
+  const auto arrived = std::chrono::steady_clock::now();
   WeakLink link = link_;
-  group_commit_.RequestDurable([this, link, seq, current_gen](Status st) {
+  group_commit_.RequestDurable([this, link, seq, current_gen, arrived](Status st) {
     if (st.ok() && current_gen != 0) {
       FinishResync(link, seq, current_gen);
       return;
     }
+    ++stats_.apply_flush_done;
+    stats_.apply_flush_us += base::MicrosSince(arrived);
     --stats_.ops_in_flight;
     SendAck(link, seq, st);
     idle_event_.Notify();
@@ -187,11 +193,18 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
   });
 }
 
-void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status) {
+void ReplicaApplier::CountApplied(std::chrono::steady_clock::time_point arrived) {
+  ++stats_.apply_done;
+  stats_.apply_us += base::MicrosSince(arrived);
+}
+
+void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,
+                            std::chrono::steady_clock::time_point arrived) {
   if (status.ok()) {
     group_commit_.NoteWriteCompleted();
   }
   if (!status.ok() || !durable) {
+    CountApplied(arrived);
     --stats_.ops_in_flight;
     if (!status.ok()) {
       spdlog::error("applying seq {} failed: {}", seq, status.ToString());
@@ -200,7 +213,8 @@ void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, St
     idle_event_.Notify();
     return;
   }
-  group_commit_.RequestDurable([this, link, seq](Status synced) {
+  group_commit_.RequestDurable([this, link, seq, arrived](Status synced) {
+    CountApplied(arrived);
     --stats_.ops_in_flight;
     SendAck(link, seq, synced);
     idle_event_.Notify();

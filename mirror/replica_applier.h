@@ -12,6 +12,7 @@
 //
 // Loop thread only. Store and metadata are borrowed and must outlive the applier.
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -30,6 +31,12 @@ struct ApplierStats {
   uint64_t resync_bytes = 0;
   uint64_t flushes = 0;
   uint64_t ops_in_flight = 0;
+  // As the primary's latency counters (VolumeStats): sums of microseconds from a frame's arrival
+  // to its acknowledgement being queued, beside their counts. Writes and zeroes, then flushes.
+  uint64_t apply_done = 0;
+  uint64_t apply_us = 0;
+  uint64_t apply_flush_done = 0;
+  uint64_t apply_flush_us = 0;
 };
 
 class ReplicaApplier final : public transport::FrameHandler {
@@ -62,7 +69,9 @@ class ReplicaApplier final : public transport::FrameHandler {
   void ApplyFlush(const transport::Frame& frame, bool resync_done);
   void FinishResync(const WeakLink& link, uint64_t seq, uint64_t current_gen);
   void ApplyDigestRequest(const transport::Frame& frame);
-  void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status);
+  void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status,
+              std::chrono::steady_clock::time_point arrived);
+  void CountApplied(std::chrono::steady_clock::time_point arrived);
   void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status,
                const std::string& digest = {});
   void Reject(const std::string& why);

@@ -2,20 +2,14 @@
 
 #include <string>
 
+#include "base/elapsed.h"
+
 namespace mirror {
 
 using base::Status;
 
-namespace {
-
+using base::MicrosSince;
 using Clock = std::chrono::steady_clock;
-
-uint64_t MicrosSince(Clock::time_point start) {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
-}
-
-}  // namespace
 
 // One client write between its range grant and its reply.
 struct Volume::PendingWrite {

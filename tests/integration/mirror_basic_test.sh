@@ -159,6 +159,17 @@ run_mode() {  # run_mode MODE [DAEMON_FLAGS...]
   ((total > 0 && peer_us <= total && local_us <= total)) ||
     nm_fail "modify_us ${total} should cover modify_peer_us ${peer_us} and modify_local_us ${local_us}"
   ((flushes >= 1)) || nm_fail "no FLUSH counted in flush_done (nbdcopy --flush sends one)"
+  # The standby's side: it applied (at least) every write the primary saw confirmed, and every
+  # confirmed flush (it also applied the initial sync's blocks).
+  local applied applied_us applied_flushes peer_flushes
+  applied=$(nm_status_field "$b" apply_done)
+  applied_us=$(nm_status_field "$b" apply_us)
+  applied_flushes=$(nm_status_field "$b" apply_flush_done)
+  peer_flushes=$(nm_status_field "$a" flush_peer_done)
+  ((applied >= peer_done && applied_us > 0)) ||
+    nm_fail "standby apply_done ${applied} (apply_us ${applied_us}) < primary modify_peer_done ${peer_done}"
+  ((peer_flushes >= 1 && applied_flushes >= peer_flushes)) ||
+    nm_fail "standby apply_flush_done ${applied_flushes} < primary flush_peer_done ${peer_flushes}"
   nm_log "mode ${mode}: ${n_done} writes, mean $((total / n_done)) us of which the peer's part" \
     "$((peer_us / peer_done)) us, local $((local_us / n_done)) us (latency counters)"
   [[ $(nm_count_in_log "$primary_log" "peer b lost") == 0 ]] ||
