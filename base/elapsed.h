@@ -8,11 +8,15 @@ namespace base {
 
 using SteadyTime = std::chrono::steady_clock::time_point;
 
+// Whole microseconds from `start` to `end`.
+inline uint64_t MicrosBetween(SteadyTime start, SteadyTime end) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(end - start).count());
+}
+
 // Whole microseconds from `start` to now on the steady clock.
 inline uint64_t MicrosSince(SteadyTime start) {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
-                                   std::chrono::steady_clock::now() - start)
-                                   .count());
+  return MicrosBetween(start, std::chrono::steady_clock::now());
 }
 
 }  // namespace base

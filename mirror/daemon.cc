@@ -291,13 +291,14 @@ std::vector<StatusField> StatusFields(const Node& node) {
       out_of_sync = md.size_bytes > resync_done ? md.size_bytes - resync_done : 0;
     }
     text("sync_refusal", node.listener ? node.listener->sync_refusal() : "");
-    num("applied_writes", node.applier->stats().writes);
-    num("applied_bytes", node.applier->stats().written_bytes);
-    num("ops_in_flight", node.applier->stats().ops_in_flight);
-    num("apply_done", node.applier->stats().apply_done);
-    num("apply_us", node.applier->stats().apply_us);
-    num("apply_flush_done", node.applier->stats().apply_flush_done);
-    num("apply_flush_us", node.applier->stats().apply_flush_us);
+    const ApplierStats& as = node.applier->stats();
+    num("applied_writes", as.writes);
+    num("applied_bytes", as.written_bytes);
+    num("ops_in_flight", as.ops_in_flight);
+    num("apply_done", as.apply_done);
+    num("apply_us", as.apply_us);
+    num("apply_flush_done", as.apply_flush_done);
+    num("apply_flush_us", as.apply_flush_us);
   }
   text("connection", connection);
   text("peer_disk", peer_disk);

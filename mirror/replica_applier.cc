@@ -5,7 +5,6 @@
 #include <cstdlib>
 
 #include "base/check.h"
-#include "base/elapsed.h"
 #include "base/sha256.h"
 #include "transport/peer.pb.h"
 
@@ -193,13 +192,13 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
   });
 }
 
-void ReplicaApplier::CountApplied(std::chrono::steady_clock::time_point arrived) {
+void ReplicaApplier::CountApplied(base::SteadyTime arrived) {
   ++stats_.apply_done;
   stats_.apply_us += base::MicrosSince(arrived);
 }
 
 void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,
-                            std::chrono::steady_clock::time_point arrived) {
+                            base::SteadyTime arrived) {
   if (status.ok()) {
     group_commit_.NoteWriteCompleted();
   }

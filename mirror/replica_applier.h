@@ -12,11 +12,11 @@
 //
 // Loop thread only. Store and metadata are borrowed and must outlive the applier.
 
-#include <chrono>
 #include <memory>
 #include <string>
 
 #include "base/asio.h"
+#include "base/elapsed.h"
 #include "mirror/group_commit.h"
 #include "mirror/local_store.h"
 #include "mirror/metadata.h"
@@ -70,8 +70,8 @@ class ReplicaApplier final : public transport::FrameHandler {
   void FinishResync(const WeakLink& link, uint64_t seq, uint64_t current_gen);
   void ApplyDigestRequest(const transport::Frame& frame);
   void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status,
-              std::chrono::steady_clock::time_point arrived);
-  void CountApplied(std::chrono::steady_clock::time_point arrived);
+              base::SteadyTime arrived);
+  void CountApplied(base::SteadyTime arrived);
   void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status,
                const std::string& digest = {});
   void Reject(const std::string& why);

@@ -27,8 +27,8 @@ struct Volume::PendingWrite {
   nbd::DoneCallback done;
   StoreCall store;  // Starts the local operation.
   PeerCall peer;    // Starts the replication; unused without a peer.
-  std::chrono::steady_clock::time_point arrived;     // Modify() was called.
-  std::chrono::steady_clock::time_point fanned_out;  // Handed to the store and the link.
+  base::SteadyTime arrived;     // Modify() was called.
+  base::SteadyTime fanned_out;  // Handed to the store and the link.
 };
 
 Volume::Volume(asio::io_context& io, LocalStore& store, PeerLink* peer, Mode mode,
@@ -166,7 +166,7 @@ void Volume::MarkIntent(const std::shared_ptr<PendingWrite>& write) {
 
 void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
   write->fanned_out = Clock::now();
-  stats_.modify_queue_us += MicrosSince(write->arrived);
+  stats_.modify_queue_us += base::MicrosBetween(write->arrived, write->fanned_out);
   Status st =
       write->store([this, write](Status result) { OnLocalWritten(write, std::move(result)); });
   if (!st.ok()) {
@@ -249,7 +249,7 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
 
 Status Volume::Flush(nbd::DoneCallback done) {
   ++stats_.flushes;
-  const Clock::time_point arrived = Clock::now();
+  const base::SteadyTime arrived = Clock::now();
   struct FlushState {
     bool local_done = false;
     bool peer_done = false;
