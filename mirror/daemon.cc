@@ -6,9 +6,11 @@
 #include <memory>
 #include <sstream>
 
+#include "base/prometheus.h"
 #include "mirror/control_server.h"
 #include "mirror/fault_injecting_store.h"
 #include "mirror/metadata.h"
+#include "mirror/metrics_server.h"
 #include "mirror/peer_listener.h"
 #include "mirror/replica_applier.h"
 #include "mirror/replicator.h"
@@ -50,6 +52,7 @@ struct Node {
   std::unique_ptr<ReplicaApplier> applier;
   std::unique_ptr<PeerListener> listener;
   std::unique_ptr<ControlServer> control;
+  std::unique_ptr<MetricsServer> metrics;
   Status exit_status;
   bool stopping = false;
 };
@@ -332,6 +335,8 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("bytes_in_flight", s.bytes_in_flight);
     num("reads", s.reads);
     num("writes", s.writes);
+    num("read_bytes", s.read_bytes);
+    num("written_bytes", s.written_bytes);
     num("flushes", s.flushes);
     num("degraded_writes", s.degraded_writes);
     num("errors", s.errors);
@@ -347,8 +352,159 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("flush_local_us", s.flush_local_us);
     num("flush_peer_done", s.flush_peer_done);
     num("flush_peer_us", s.flush_peer_us);
+    Volume& v = *node.volume;
+    num("write_p50_us", v.RecentModifyQuantile(0.5));
+    num("write_p99_us", v.RecentModifyQuantile(0.99));
+    num("flush_p50_us", v.RecentFlushQuantile(0.5));
+    num("flush_p99_us", v.RecentFlushQuantile(0.99));
   }
   return fields;
+}
+
+// How a status field appears in the Prometheus document.
+struct MetricOfField {
+  const char* key;     // StatusFields key.
+  const char* name;    // Metric name.
+  bool counter;        // Else a gauge.
+  double scale;        // Multiplies the value (microseconds to seconds).
+  const char* help;
+};
+
+constexpr MetricOfField kMetricsOfFields[] = {
+    {"size_bytes", "nbdmirror_size_bytes", false, 1, "Size of the volume."},
+    {"out_of_sync_bytes", "nbdmirror_out_of_sync_bytes", false, 1,
+     "Bytes that may differ between the two copies."},
+    {"resync_done_bytes", "nbdmirror_resync_done_bytes", false, 1,
+     "Bytes copied by the running or last resync."},
+    {"resync_total_bytes", "nbdmirror_resync_total_bytes", false, 1,
+     "Bytes the running or last resync has to copy."},
+    {"resync_rate_bytes_per_s", "nbdmirror_resync_rate_bytes_per_second", false, 1,
+     "Current resync rate."},
+    {"resync_eta_s", "nbdmirror_resync_eta_seconds", false, 1,
+     "Estimated time to the end of the running resync."},
+    {"resynced_bytes_total", "nbdmirror_resynced_bytes_total", true, 1,
+     "Bytes copied by resyncs since the daemon started."},
+    {"marked_regions", "nbdmirror_bitmap_marked_regions", false, 1,
+     "Regions marked in the write-intent bitmap."},
+    {"marked_bytes", "nbdmirror_bitmap_marked_bytes", false, 1,
+     "Bytes covered by marked regions of the write-intent bitmap."},
+    {"bitmap_region_bytes", "nbdmirror_bitmap_region_bytes", false, 1,
+     "Granularity of the write-intent bitmap."},
+    {"metadata_writes", "nbdmirror_metadata_writes_total", true, 1,
+     "Bitmap page writes and metadata datasyncs."},
+    {"split_brain", "nbdmirror_split_brain", false, 1,
+     "1 while the two copies both changed without each other and syncing is refused."},
+    {"peer_ops_in_flight", "nbdmirror_peer_ops_in_flight", false, 1,
+     "Operations sent to the peer and not yet confirmed."},
+    {"held_writes", "nbdmirror_held_writes", false, 1,
+     "Writes held until the peer returns (on-peer-loss block)."},
+    {"verify_running", "nbdmirror_verify_running", false, 1, "1 while an online verify runs."},
+    {"verify_done_bytes", "nbdmirror_verify_done_bytes", false, 1,
+     "Bytes compared by the running or last verify."},
+    {"verify_total_bytes", "nbdmirror_verify_total_bytes", false, 1,
+     "Bytes the running or last verify compares."},
+    {"verify_differing_bytes", "nbdmirror_verify_differing_bytes", false, 1,
+     "Bytes the running or last verify found different."},
+    {"applied_writes", "nbdmirror_applied_writes_total", true, 1,
+     "Standby: writes and zeroings applied from the primary."},
+    {"applied_bytes", "nbdmirror_applied_bytes_total", true, 1,
+     "Standby: bytes written from the primary's writes."},
+    {"ops_in_flight", "nbdmirror_apply_ops_in_flight", false, 1,
+     "Standby: operations from the primary being applied."},
+    {"writes_in_flight", "nbdmirror_writes_in_flight", false, 1,
+     "Modifying NBD requests not yet replied to."},
+    {"bytes_in_flight", "nbdmirror_bytes_in_flight", false, 1,
+     "Bytes of modifying NBD requests not yet replied to."},
+    {"reads", "nbdmirror_reads_total", true, 1, "NBD READ requests."},
+    {"writes", "nbdmirror_writes_total", true, 1, "NBD WRITE requests."},
+    {"read_bytes", "nbdmirror_read_bytes_total", true, 1, "Bytes read by NBD clients."},
+    {"written_bytes", "nbdmirror_written_bytes_total", true, 1, "Bytes written by NBD clients."},
+    {"flushes", "nbdmirror_flushes_total", true, 1, "NBD FLUSH requests."},
+    {"degraded_writes", "nbdmirror_degraded_writes_total", true, 1,
+     "Writes acknowledged without the peer (it was lost; their regions stay marked)."},
+    {"errors", "nbdmirror_errors_total", true, 1, "Requests that failed with an I/O error."},
+    {"datasyncs", "nbdmirror_datasyncs_total", true, 1,
+     "Group-committed datasyncs of the local copy."},
+    {"modify_queue_us", "nbdmirror_write_queue_seconds_total", true, 1e-6,
+     "Time modifying requests waited for an overlapping write and their bitmap mark."},
+    {"modify_local_us", "nbdmirror_write_local_seconds_total", true, 1e-6,
+     "Time modifying requests spent in the local store (with its datasync when durable)."},
+    {"flush_local_us", "nbdmirror_flush_local_seconds_total", true, 1e-6,
+     "Time FLUSH requests spent in the local datasync."},
+};
+
+std::string MetricsText(const Node& node) {
+  std::map<std::string, StatusField> fields;
+  for (StatusField& f : StatusFields(node)) {
+    fields[f.key] = f;
+  }
+  auto text = [&fields](const char* key) {
+    auto it = fields.find(key);
+    return it == fields.end() ? std::string() : it->second.value;
+  };
+  base::PrometheusText out;
+  base::Labels info = {{"node_id", text("node_id")},
+                       {"peer_node_id", text("peer_node_id")},
+                       {"volume", text("volume")},
+                       {"volume_uuid", text("volume_uuid")},
+                       {"current_gen", text("current_gen")},
+                       {"bitmap_gen", text("bitmap_gen")}};
+  if (node.volume) {
+    info.push_back({"mode", text("mode")});
+  }
+  out.Gauge("nbdmirror_info", "Identity of this node and volume; always 1.", 1, info);
+  out.StateSet("nbdmirror_role", "This node's role.", "role", {"primary", "secondary"},
+               text("role"));
+  out.StateSet("nbdmirror_connection", "State of the link to the peer.", "state",
+               {"connected", "connecting", "standalone"}, text("connection"));
+  const std::vector<std::string> disk_states = {"UpToDate", "Outdated", "Inconsistent", "Failed"};
+  out.StateSet("nbdmirror_disk", "State of this node's copy.", "state", disk_states, text("disk"));
+  std::vector<std::string> peer_states = disk_states;
+  peer_states.push_back("Unknown");
+  out.StateSet("nbdmirror_peer_disk", "State of the peer's copy as this node knows it.", "state",
+               peer_states, text("peer_disk"));
+  for (const MetricOfField& m : kMetricsOfFields) {
+    auto it = fields.find(m.key);
+    if (it == fields.end()) {
+      continue;
+    }
+    const std::string& v = it->second.value;
+    const double value =
+        v == "true" ? 1.0 : v == "false" ? 0.0 : std::strtod(v.c_str(), nullptr) * m.scale;
+    if (m.counter) {
+      out.Counter(m.name, m.help, value);
+    } else {
+      out.Gauge(m.name, m.help, value);
+    }
+  }
+  if (node.volume) {
+    const VolumeStats& s = node.volume->stats();
+    out.Histogram("nbdmirror_write_duration_seconds",
+                  "Modifying NBD requests (WRITE, WRITE_ZEROES, TRIM), arrival to reply.",
+                  s.modify_latency);
+    out.Histogram("nbdmirror_write_peer_duration_seconds",
+                  "Modifying requests confirmed by the peer: handed to the link to confirmation.",
+                  s.modify_peer_latency);
+    out.Histogram("nbdmirror_flush_duration_seconds", "NBD FLUSH requests, arrival to reply.",
+                  s.flush_latency);
+    out.Histogram("nbdmirror_flush_peer_duration_seconds",
+                  "FLUSH requests confirmed by the peer: arrival to the peer's confirmation.",
+                  s.flush_peer_latency);
+  }
+  if (node.applier) {
+    const ApplierStats& as = node.applier->stats();
+    out.Histogram("nbdmirror_apply_duration_seconds",
+                  "Standby: writes and zeroings from the primary, frame arrival to acknowledgement.",
+                  as.apply_latency);
+    out.Histogram("nbdmirror_apply_flush_duration_seconds",
+                  "Standby: flushes from the primary, frame arrival to acknowledgement.",
+                  as.apply_flush_latency);
+  }
+  if (node.metrics) {
+    out.Counter("nbdmirror_metrics_scrapes_total", "Requests for /metrics answered.",
+                static_cast<double>(node.metrics->scrapes()));
+  }
+  return out.text();
 }
 
 std::string StatusJson(const Node& node) {
@@ -564,6 +720,12 @@ Status RunDaemon(const DaemonOptions& options) {
                    {"status-text", [&node] { return StatusText(node); }}});
   if (Status st = node.control->Listen(control_path); !st.ok()) {
     return st;
+  }
+  if (options.metrics) {
+    node.metrics = std::make_unique<MetricsServer>(node.io, [&node] { return MetricsText(node); });
+    if (Status st = node.metrics->Listen(*options.metrics); !st.ok()) {
+      return st;
+    }
   }
 
   asio::signal_set signals(node.io, SIGINT, SIGTERM);

@@ -29,6 +29,7 @@ struct DaemonOptions {
   std::string node_id = "a";
   std::vector<base::Endpoint> nbd_endpoints;
   std::string export_name;
+  std::optional<base::Endpoint> metrics;  // Prometheus endpoint; none by default.
   bool direct_io = true;
   uint64_t buffer_budget_bytes = 64ull << 20;
   std::vector<std::string> fault_rules;

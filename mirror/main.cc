@@ -25,11 +25,13 @@ namespace {
 
 constexpr uint16_t kDefaultNbdPort = 10809;
 constexpr uint16_t kDefaultPeerPort = 7790;
+constexpr uint16_t kDefaultMetricsPort = 9790;
 
 struct RawFlags {
   std::vector<std::string> nbd;
   std::string listen;
   std::string peer;
+  std::string metrics;
   uint64_t buffer_mib = 64;
   bool no_direct_io = false;
   uint64_t peer_timeout_ms = 5000;
@@ -97,6 +99,13 @@ base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
       return base::Status::Error(EINVAL, "--listen takes HOST[:PORT]");
     }
     options.listen = endpoint.value();
+  }
+  if (!raw.metrics.empty()) {
+    auto endpoint = base::ParseEndpoint(raw.metrics, kDefaultMetricsPort);
+    if (!endpoint.ok() || endpoint.value().is_unix) {
+      return base::Status::Error(EINVAL, "--metrics takes HOST[:PORT] or :PORT");
+    }
+    options.metrics = endpoint.value();
   }
   if (!raw.peer.empty()) {
     const size_t eq = raw.peer.find('=');
@@ -287,6 +296,9 @@ int main(int argc, char** argv) {
                   "metadata file (default VOLUME.nbdmirror-meta)");
   run->add_option("--control", options.control_path,
                   "control socket path for `nbdmirror status` (default VOLUME.control)");
+  run->add_option("--metrics", raw.metrics,
+                  "serve Prometheus metrics over HTTP at http://HOST:PORT/metrics; HOST[:PORT] or "
+                  ":PORT (host defaults to 127.0.0.1, port to 9790)");
   run->add_option("--export-name", options.export_name,
                   "export name offered to clients (\"\" is always accepted too)");
   run->add_option("--buffer-mib", raw.buffer_mib,

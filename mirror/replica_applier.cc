@@ -160,7 +160,9 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
       return;
     }
     ++stats_.apply_flush_done;
-    stats_.apply_flush_us += base::MicrosSince(arrived);
+    const uint64_t us = base::MicrosSince(arrived);
+    stats_.apply_flush_us += us;
+    stats_.apply_flush_latency.Record(us);
     --stats_.ops_in_flight;
     SendAck(link, seq, st);
     idle_event_.Notify();
@@ -194,7 +196,9 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
 
 void ReplicaApplier::CountApplied(base::SteadyTime arrived) {
   ++stats_.apply_done;
-  stats_.apply_us += base::MicrosSince(arrived);
+  const uint64_t us = base::MicrosSince(arrived);
+  stats_.apply_us += us;
+  stats_.apply_latency.Record(us);
 }
 
 void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,

@@ -17,6 +17,7 @@
 
 #include "base/asio.h"
 #include "base/elapsed.h"
+#include "base/latency_histogram.h"
 #include "mirror/group_commit.h"
 #include "mirror/local_store.h"
 #include "mirror/metadata.h"
@@ -37,6 +38,8 @@ struct ApplierStats {
   uint64_t apply_us = 0;
   uint64_t apply_flush_done = 0;
   uint64_t apply_flush_us = 0;
+  base::LatencyHistogram apply_latency;        // The same times as distributions.
+  base::LatencyHistogram apply_flush_latency;
 };
 
 class ReplicaApplier final : public transport::FrameHandler {

@@ -180,7 +180,9 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
   write->peer([this, write](PeerOutcome outcome) {
     if (outcome == PeerOutcome::kConfirmed) {
       ++stats_.modify_peer_done;
-      stats_.modify_peer_us += MicrosSince(write->fanned_out);
+      const uint64_t us = MicrosSince(write->fanned_out);
+      stats_.modify_peer_us += us;
+      stats_.modify_peer_latency.Record(us);
     }
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
@@ -238,7 +240,11 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   stats_.bytes_in_flight -= write->length_bytes;
   stats_.degraded_writes += write->peer_degraded ? 1 : 0;
   ++stats_.modify_done;
-  stats_.modify_us += MicrosSince(write->arrived);
+  const base::SteadyTime now = Clock::now();
+  const uint64_t us = base::MicrosBetween(write->arrived, now);
+  stats_.modify_us += us;
+  stats_.modify_latency.Record(us);
+  recent_modify_.Record(us, now);
   auto done = std::move(write->done);
   if (write->peer_aborted && write->local_status.ok()) {
     done(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
@@ -265,7 +271,11 @@ Status Volume::Flush(nbd::DoneCallback done) {
       return;
     }
     ++stats_.flush_done;
-    stats_.flush_us += MicrosSince(arrived);
+    const base::SteadyTime now = Clock::now();
+    const uint64_t us = base::MicrosBetween(arrived, now);
+    stats_.flush_us += us;
+    stats_.flush_latency.Record(us);
+    recent_flush_.Record(us, now);
     auto cb = std::move(state->done);
     if (state->peer_aborted && state->local_status.ok()) {
       cb(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
@@ -283,7 +293,9 @@ Status Volume::Flush(nbd::DoneCallback done) {
     peer_->ReplicateFlush([this, state, finish, arrived](PeerOutcome outcome) {
       if (outcome == PeerOutcome::kConfirmed) {
         ++stats_.flush_peer_done;
-        stats_.flush_peer_us += MicrosSince(arrived);
+        const uint64_t us = MicrosSince(arrived);
+        stats_.flush_peer_us += us;
+        stats_.flush_peer_latency.Record(us);
       }
       state->peer_done = true;
       state->peer_aborted = outcome == PeerOutcome::kAborted;

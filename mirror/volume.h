@@ -37,6 +37,7 @@
 #include <memory>
 
 #include "base/asio.h"
+#include "base/latency_histogram.h"
 #include "mirror/group_commit.h"
 #include "mirror/inflight_ranges.h"
 #include "mirror/local_store.h"
@@ -81,6 +82,13 @@ struct VolumeStats {
   uint64_t flush_local_us = 0;        // Local group-committed datasync part.
   uint64_t flush_peer_done = 0;       // FLUSHes the peer confirmed.
   uint64_t flush_peer_us = 0;         // Their time from arrival to the peer's confirmation.
+
+  // The same times as distributions (Prometheus histograms): modifying requests arrival to
+  // reply, and their peer part; FLUSH arrival to reply, and their peer part.
+  base::LatencyHistogram modify_latency;
+  base::LatencyHistogram modify_peer_latency;
+  base::LatencyHistogram flush_latency;
+  base::LatencyHistogram flush_peer_latency;
 };
 
 class Volume final : public nbd::BlockDevice {
@@ -115,6 +123,14 @@ class Volume final : public nbd::BlockDevice {
   LocalStore& store() { return store_; }
   GroupCommit& group_commit() { return group_commit_; }
   const VolumeStats& stats() const { return stats_; }
+  // Latency percentiles (microseconds) of modifying requests and of FLUSHes over the last one to
+  // two minutes; 0 when there were none.
+  uint64_t RecentModifyQuantile(double q) {
+    return recent_modify_.Quantile(q, std::chrono::steady_clock::now());
+  }
+  uint64_t RecentFlushQuantile(double q) {
+    return recent_flush_.Quantile(q, std::chrono::steady_clock::now());
+  }
   Mode mode() const { return mode_; }
   bool disk_failed() const { return group_commit_.failed(); }
 
@@ -139,6 +155,8 @@ class Volume final : public nbd::BlockDevice {
   InflightRanges ranges_;
   GroupCommit group_commit_;
   VolumeStats stats_;
+  base::RecentLatency recent_modify_;
+  base::RecentLatency recent_flush_;
 };
 
 }  // namespace mirror

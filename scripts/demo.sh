@@ -76,6 +76,7 @@ head -c 32 /dev/urandom | base64 > "$work/secret"
 chmod 600 "$work/secret"
 port_a=$(free_port)
 port_b=$(free_port)
+metrics_port=$(free_port)
 socket=$work/nbd.sock
 info "peer link authenticated with a shared secret (HMAC-SHA256); standby on 127.0.0.1:$port_b"
 
@@ -85,7 +86,7 @@ step "Starting the standby (node b) and the primary (node a)"
 pids+=($!)
 "$bin" run --volume "$work/A.img" --node a --primary --listen "127.0.0.1:$port_a" \
   --peer "b=127.0.0.1:$port_b" --secret-file "$work/secret" --nbd "unix:$socket" \
-  2>"$work/a.log" &
+  --metrics "127.0.0.1:$metrics_port" 2>"$work/a.log" &
 pids=($! "${pids[@]}")
 in_sync() {  # connected, and the standby's copy UpToDate (not merely remembered as such)
   "$bin" status --volume "$work/A.img" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["connection"] == "connected" and d["peer_disk"] == "UpToDate" else 1)'
@@ -124,6 +125,11 @@ done
 wait "$bench"
 grep -E 'number of transactions actually processed|tps' "$work/pgbench.out" | sed 's/^/    /'
 info "standby applied: $(status "$work/B.img" applied_writes applied_bytes)"
+info "primary latency, last minute: $(status "$work/A.img" write_p50_us write_p99_us flush_p50_us flush_p99_us)"
+info "Prometheus metrics at http://127.0.0.1:$metrics_port/metrics, among them:"
+curl -sf "http://127.0.0.1:$metrics_port/metrics" |
+  grep -E '^nbdmirror_(connection|peer_disk)\{.*\} 1$|^nbdmirror_(writes|flushes|degraded_writes)_total |^nbdmirror_write_duration_seconds_(count|sum) ' |
+  sed 's/^/    /'
 
 step "Checking the database"
 "${pg[@]}" psql -X -q -c "CREATE EXTENSION IF NOT EXISTS amcheck" postgres

@@ -22,6 +22,8 @@ packages=(
   e2fsprogs util-linux iproute2 procps psmisc openssl
   # PostgreSQL and the coordinator
   postgresql-15 postgresql-contrib-15 etcd-server etcd-client
+  # metrics: a real Prometheus server and its linter (promtool), and the Python client's parser
+  prometheus python3-prometheus-client curl
   # benchmark output
   python3 python3-matplotlib python3-protobuf jq
 )

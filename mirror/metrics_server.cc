@@ -1,0 +1,173 @@
+#include "mirror/metrics_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cstring>
+
+namespace mirror {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using base::Status;
+
+constexpr size_t kHeaderLimitBytes = 8 * 1024;
+constexpr const char* kExpositionType = "text/plain; version=0.0.4; charset=utf-8";
+
+struct Answer {
+  http::status status = http::status::ok;
+  std::string body;
+  std::string content_type = "text/plain; charset=utf-8";
+  bool allow_header = false;  // 405 says which methods there are.
+};
+
+// Sends one response; for HEAD (`head_only`) the headers announce the body without sending it.
+asio::awaitable<boost::system::error_code> Send(beast::tcp_stream& stream, const Answer& answer,
+                                                unsigned version, bool keep_alive, bool head_only) {
+  http::response<http::string_body> res{answer.status, version};
+  res.set(http::field::server, "nbdmirror");
+  res.set(http::field::content_type, answer.content_type);
+  if (answer.allow_header) {
+    res.set(http::field::allow, "GET, HEAD");
+  }
+  res.keep_alive(keep_alive);
+  res.body() = head_only ? std::string() : answer.body;
+  res.prepare_payload();
+  if (head_only) {
+    res.content_length(answer.body.size());
+  }
+  boost::system::error_code ec;
+  stream.expires_after(MetricsServer::kRequestTimeout);
+  if (head_only) {
+    http::response_serializer<http::string_body> sr{res};
+    sr.split(true);
+    co_await http::async_write_header(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  co_return ec;
+}
+
+bool IsHttpParseError(const boost::system::error_code& ec) {
+  return &ec.category() == &http::make_error_code(http::error::bad_method).category();
+}
+
+}  // namespace
+
+MetricsServer::MetricsServer(asio::io_context& io, Render render)
+    : io_(io), render_(std::move(render)), acceptor_(io) {}
+
+MetricsServer::~MetricsServer() = default;
+
+Status MetricsServer::Listen(const base::Endpoint& endpoint) {
+  if (endpoint.is_unix) {
+    return Status::Error(EINVAL, "--metrics takes HOST:PORT (Prometheus scrapes over TCP)");
+  }
+  auto resolved = endpoint.Resolve();
+  if (!resolved.ok()) {
+    return resolved.status();
+  }
+  boost::system::error_code ec;
+  // The generic endpoint holds a sockaddr_in or sockaddr_in6; TCP's acceptor wants its own type.
+  asio::ip::tcp::endpoint tcp_endpoint;
+  std::memcpy(tcp_endpoint.data(), resolved.value().data(), resolved.value().size());
+  tcp_endpoint.resize(resolved.value().size());
+  acceptor_.open(tcp_endpoint.protocol(), ec);
+  if (!ec) {
+    acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  }
+  if (!ec) {
+    acceptor_.bind(tcp_endpoint, ec);
+  }
+  if (!ec) {
+    acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  }
+  if (ec) {
+    return Status::Error(ec.value(), "cannot serve metrics on " + endpoint.ToString());
+  }
+  spdlog::info("serving Prometheus metrics on http://{}/metrics", endpoint.ToString());
+  asio::co_spawn(io_, AcceptLoop(), asio::detached);
+  return Status::Ok();
+}
+
+asio::awaitable<void> MetricsServer::AcceptLoop() {
+  for (;;) {
+    asio::ip::tcp::socket socket(io_);
+    boost::system::error_code ec;
+    co_await acceptor_.async_accept(socket, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted) {
+      co_return;
+    }
+    if (ec) {
+      continue;
+    }
+    if (connections_ >= kMaxConnections) {
+      spdlog::warn("metrics: {} connections open already; closing a new one", connections_);
+      socket.close(ec);
+      continue;
+    }
+    asio::co_spawn(io_, Serve(std::move(socket)), asio::detached);
+  }
+}
+
+asio::awaitable<void> MetricsServer::Serve(asio::ip::tcp::socket socket) {
+  ++connections_;
+  struct Leave {
+    int& count;
+    ~Leave() { --count; }
+  } leave{connections_};
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  for (bool first = true;; first = false) {
+    http::request_parser<http::empty_body> parser;
+    parser.header_limit(kHeaderLimitBytes);
+    parser.body_limit(0);
+    stream.expires_after(first ? kRequestTimeout : kIdleTimeout);
+    boost::system::error_code ec;
+    co_await http::async_read(stream, buffer, parser,
+                              asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      // A malformed, oversized or body-carrying request gets an answer, then the connection
+      // closes (its remaining bytes cannot be trusted to frame another request). A timeout, a
+      // reset or a clean close just ends it.
+      Answer refusal;
+      if (ec == http::error::header_limit) {
+        refusal = {http::status::request_header_fields_too_large, "headers too large\n"};
+      } else if (ec == http::error::body_limit) {
+        refusal = {http::status::payload_too_large, "no request body is accepted\n"};
+      } else if (IsHttpParseError(ec) && ec != http::error::end_of_stream &&
+                 ec != http::error::partial_message) {
+        refusal = {http::status::bad_request, "bad request: " + ec.message() + "\n"};
+      } else {
+        co_return;
+      }
+      co_await Send(stream, refusal, 11, false, false);
+      stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+      co_return;
+    }
+    const http::request<http::empty_body>& req = parser.get();
+    const bool head = req.method() == http::verb::head;
+    Answer answer;
+    if (req.method() != http::verb::get && !head) {
+      answer = {http::status::method_not_allowed, "only GET and HEAD\n"};
+      answer.allow_header = true;
+    } else if (req.target() == "/metrics") {
+      ++scrapes_;
+      answer.body = render_();
+      answer.content_type = kExpositionType;
+    } else if (req.target() == "/") {
+      answer.body = "nbdmirror: metrics at /metrics\n";
+    } else {
+      answer = {http::status::not_found, "not found; metrics are at /metrics\n"};
+    }
+    ec = co_await Send(stream, answer, req.version(), req.keep_alive(), head);
+    if (ec || !req.keep_alive()) {
+      stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+      co_return;
+    }
+  }
+}
+
+}  // namespace mirror
