@@ -364,7 +364,13 @@ int main(int argc, char** argv) {
   discard->add_option("--metadata", discard_metadata,
                       "metadata file (default VOLUME.nbdmirror-meta)");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2, as the other refusals of a bad
+    // command line below do (CLI11 would use its own codes, e.g. 105 for a value out of range).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   auto level = spdlog::level::from_str(log_level);
   if (level == spdlog::level::off && log_level != "off") {

@@ -12,12 +12,16 @@
 #     the status microseconds, buckets cumulative and ending at the count);
 #   - status's recent percentiles are there and ordered (0 < p50 <= p99);
 #   - a real Prometheus server (Debian's) scrapes both daemons and its query API returns the
-#     primary's write count and a histogram_quantile over the write histogram;
+#     primary's write count and a histogram_quantile over the write histogram; it also loads the
+#     shipped alerting rules (scripts/prometheus/nbdmirror-alerts.yml), which must evaluate
+#     without errors and raise nothing for this healthy pair; `promtool test rules` proves each
+#     alert fires on the series that should raise it (tests/integration/prometheus_alerts_test.yml);
 #   - bad clients: an unknown path (404), another method (405 with Allow), a request body (413),
 #     garbage bytes (400), 20 KiB of headers (431), HEAD (headers only), keep-alive (two
 #     requests on one connection), 16 silent connections (a 17th is closed at once, and scrapes
 #     work again once they go); the daemons keep running and the pair stays in sync;
-#   - --metrics on a port that is taken stops the start with a clear error.
+#   - --metrics on a port that is taken stops the start with a clear error (exit 1), and a
+#     metrics endpoint that is not TCP, or a mode CLI11 rejects, is refused with exit 2.
 # Finally both stop cleanly and the copies are identical.
 
 # shellcheck source=../lib/common.sh
@@ -72,6 +76,12 @@ promtool check metrics <"$NM_TMP/a.prom" >"$NM_TMP/lint-a.txt" 2>&1 ||
 promtool check metrics <"$NM_TMP/b.prom" >"$NM_TMP/lint-b.txt" 2>&1 ||
   nm_fail "promtool check metrics (standby): $(cat "$NM_TMP/lint-b.txt")"
 nm_log "promtool check metrics: both documents pass the linter"
+alerts=$NBDMIRROR_SOURCE_DIR/scripts/prometheus/nbdmirror-alerts.yml
+promtool check rules "$alerts" >"$NM_TMP/rules.txt" 2>&1 ||
+  nm_fail "promtool check rules: $(cat "$NM_TMP/rules.txt")"
+promtool test rules "$NBDMIRROR_SOURCE_DIR/tests/integration/prometheus_alerts_test.yml" \
+  >"$NM_TMP/rules-test.txt" 2>&1 || nm_fail "promtool test rules: $(cat "$NM_TMP/rules-test.txt")"
+nm_log "alerting rules: promtool check and unit tests pass ($(grep -c 'alert:' "$alerts") alerts)"
 
 "$NM_PYTHON" - "$NM_TMP" <<'EOF' || nm_fail "the metrics do not agree with status (see above)"
 import json, math, sys
@@ -168,6 +178,9 @@ cat >"$NM_TMP/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - ${alerts}
 scrape_configs:
   - job_name: nbdmirror
     static_configs:
@@ -189,6 +202,18 @@ nm_wait_for 20 "Prometheus has the primary's write count" \
 p99=$(prom_query 'histogram_quantile(0.99, nbdmirror_write_duration_seconds_bucket)')
 [[ $p99 =~ ^[0-9.e+-]+$ ]] || nm_fail "histogram_quantile over the write histogram gave '${p99}'"
 nm_log "Prometheus scraped both daemons: ${writes} writes, write p99 ${p99} s (histogram_quantile)"
+# rules_quiet: every rule evaluated since Prometheus had both daemons' data (health ok, last
+# evaluation after that moment) and none pending or firing.
+scraped_at=$(date -u +%s)
+rules_quiet() {
+  curl -sS "http://127.0.0.1:$prom_port/api/v1/rules" 2>/dev/null >"$NM_TMP/rules.json" || return 1
+  jq -e --argjson t "$scraped_at" '[.data.groups[].rules[]] | length > 0 and
+         all(.health == "ok" and .state == "inactive" and
+             (.lastEvaluation | sub("\\.[0-9]+"; "") | fromdateiso8601) >= $t)' \
+    "$NM_TMP/rules.json" >/dev/null
+}
+nm_wait_for 20 "the alerting rules evaluated, all inactive for the healthy pair" rules_quiet
+nm_log "Prometheus evaluated $(jq '[.data.groups[].rules[]] | length' "$NM_TMP/rules.json") alerting rules: none pending or firing"
 nm_stop "$prom_pid" 20 || true
 
 # Bad and unusual clients.
@@ -257,10 +282,24 @@ rc=0
 c_pid=$!
 nm_track_pid "$c_pid"
 nm_wait_exit "$c_pid" 20 || rc=$?
-((rc != 0)) || nm_fail "a daemon whose metrics port is taken started anyway"
+((rc == 1)) || nm_fail "a daemon whose metrics port is taken exited ${rc}, expected 1"
 grep -q "cannot serve metrics on 127.0.0.1:${metrics_b}" "$NM_TMP/c.log" ||
   nm_fail "the refusal does not name the metrics port: $(cat "$NM_TMP/c.log")"
 nm_log "a taken metrics port: exit ${rc}, '$(grep -o 'cannot serve metrics.*' "$NM_TMP/c.log")'"
+
+# Command lines it refuses exit 2 with the reason, before opening anything: a metrics endpoint
+# that is not TCP, and a value CLI11 validates (the mode).
+refuse() {  # refuse WHAT PATTERN ARGS...
+  local what=$1 pattern=$2 rc=0
+  shift 2
+  "$NM_BIN" run --volume "$NM_TMP/c.img" --primary --nbd "unix:$NM_TMP/c.sock" "$@" \
+    </dev/null >"$NM_TMP/refused.log" 2>&1 || rc=$?
+  ((rc == 2)) || nm_fail "${what}: exit ${rc}, expected 2: $(cat "$NM_TMP/refused.log")"
+  grep -q -- "$pattern" "$NM_TMP/refused.log" || nm_fail "${what}: no reason: $(cat "$NM_TMP/refused.log")"
+  nm_log "${what}: exit 2, '$(grep -m1 -- "$pattern" "$NM_TMP/refused.log")'"
+}
+refuse "--metrics unix:PATH" "--metrics takes HOST" --metrics "unix:$NM_TMP/m.sock"
+refuse "--mode bogus" "--mode" --mode bogus
 
 nm_stop_clean "$primary" "primary"
 nm_stop_clean "$standby" "standby"
