@@ -51,6 +51,9 @@
 #                           standby volume, the streaming case's standby data directory); default
 #                           beside the primary's. Other storage (e.g. /dev/shm) stands in for a
 #                           standby host's own disk: one disk then serves the primary alone.
+#   BENCH_STANDBY_DIR=      where the fio part keeps the standby's copy (B); default beside A. As
+#                           PG_STANDBY_DIR for pgbench: other storage stands in for the standby
+#                           host's disk, so the measured disk serves the primary alone.
 #   BENCH_INITIAL_SYNC=full full: every mirrored run waits for the initial full sync; skip: use
 #                           --skip-initial-sync (copies are identical), see above
 #   BENCH_MEM_LIMIT_MIB=64  the memory goal: each daemon's VmHWM must stay below this
@@ -198,6 +201,9 @@ cleanup() {
   cd /
   if [[ -n ${standby_tmp:-} && $standby_tmp != "$tmp" && -d $standby_tmp ]]; then
     rm -rf -- "$standby_tmp"
+  fi
+  if [[ -n ${fio_standby_dir:-} && $fio_standby_dir != "${fio_dir:-}" && -d $fio_standby_dir ]]; then
+    rm -rf -- "$fio_standby_dir"
   fi
   if [[ -n $tmp && -d $tmp ]]; then
     # Never delete through a mount that would not go away.
@@ -380,6 +386,7 @@ jq -n \
   --arg mem "$(grep MemTotal /proc/meminfo | tr -s ' ')" \
   --arg tmpdir "$tmp_parent" \
   --arg pg_standby_dir "${PG_STANDBY_DIR:-}" \
+  --arg fio_standby_dir "${BENCH_STANDBY_DIR:-}" \
   --arg daemon_nice "${BENCH_DAEMON_NICE:-}" \
   --arg fs "$(findmnt -no FSTYPE -T "$tmp_parent" 2>/dev/null || stat -f -c %T "$tmp_parent")" \
   --arg device "$dev" \
@@ -645,6 +652,11 @@ stop_status_sampler() {
 # ---- part 1: fio ------------------------------------------------------------------------
 fio_dir=$tmp/fio
 mkdir -p "$fio_dir"
+fio_standby_dir=$fio_dir
+if [[ -n ${BENCH_STANDBY_DIR:-} ]]; then
+  fio_standby_dir=$(mktemp -d "$BENCH_STANDBY_DIR/nbdmirror-mirror-fio-standby.XXXXXX")
+fi
+fio_b=$fio_standby_dir/B.img
 fio_sock=$fio_dir/nbd.sock
 pair_in_sync=true # A and B are created identical
 
@@ -653,7 +665,7 @@ run_fio() {
   local job=$1 target=$2 rep=$3
   local tag=fio.$job.$target.$rep
   local prefix=$out/raw/$tag fio_json=$out/raw/$tag.json
-  local volume=$fio_dir/A.img standby_volume=$fio_dir/B.img skip=0
+  local volume=$fio_dir/A.img standby_volume=$fio_b skip=0
   if [[ $target == standalone ]]; then
     volume=$fio_dir/S.img
     standby_volume=""
@@ -969,11 +981,11 @@ if ((fio_runs)); then
   log "writing $size of random data to S, A and B (in $fio_dir)"
   head -c "$size_bytes" /dev/urandom >"$fio_dir/S.img"
   cp --sparse=never --reflink=never -- "$fio_dir/S.img" "$fio_dir/A.img"
-  cp --sparse=never --reflink=never -- "$fio_dir/S.img" "$fio_dir/B.img"
+  cp --sparse=never --reflink=never -- "$fio_dir/S.img" "$fio_b"
   sync
-  for f in S A B; do
-    allocated=$(($(stat -c '%b * %B' "$fio_dir/$f.img")))
-    ((allocated >= size_bytes)) || die "$f.img is sparse"
+  for f in "$fio_dir/S.img" "$fio_dir/A.img" "$fio_b"; do
+    allocated=$(($(stat -c '%b * %B' "$f")))
+    ((allocated >= size_bytes)) || die "$f is sparse"
   done
   for job in "${job_names[@]}"; do
     for ((rep = 1; rep <= reps; rep++)); do
@@ -988,7 +1000,7 @@ if ((fio_runs)); then
   if [[ $verify == 1 ]] && [[ " ${target_names[*]} " == *" mirror-"* ]]; then
     log "comparing the primary's and the standby's copies (A.img, B.img)"
     fio_copies_identical=false
-    same_content "$fio_dir/A.img" "$fio_dir/B.img" && fio_copies_identical=true
+    same_content "$fio_dir/A.img" "$fio_b" && fio_copies_identical=true
     log "  identical: $fio_copies_identical"
   fi
   jq --argjson v "$fio_copies_identical" '. + {fio_copies_identical: $v}' "$out/meta.json" \
