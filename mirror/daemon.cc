@@ -302,6 +302,8 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("apply_us", as.apply_us);
     num("apply_flush_done", as.apply_flush_done);
     num("apply_flush_us", as.apply_flush_us);
+    num("apply_p50_us", node.applier->RecentApplyQuantile(0.5));
+    num("apply_p99_us", node.applier->RecentApplyQuantile(0.99));
   }
   text("connection", connection);
   text("peer_disk", peer_disk);

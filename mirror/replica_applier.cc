@@ -196,9 +196,11 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
 
 void ReplicaApplier::CountApplied(base::SteadyTime arrived) {
   ++stats_.apply_done;
-  const uint64_t us = base::MicrosSince(arrived);
+  const base::SteadyTime now = std::chrono::steady_clock::now();
+  const uint64_t us = base::MicrosBetween(arrived, now);
   stats_.apply_us += us;
   stats_.apply_latency.Record(us);
+  recent_apply_.Record(us, now);
 }
 
 void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,

@@ -10,7 +10,8 @@
 #     (role, connection, disk, peer_disk) as state sets with exactly one 1, the write and flush
 #     counters, and the latency histograms (count = modify_done / flush_done / apply_done, sum =
 #     the status microseconds, buckets cumulative and ending at the count);
-#   - status's recent percentiles are there and ordered (0 < p50 <= p99);
+#   - status's recent percentiles (write and flush on the primary, apply on the standby) are
+#     there and ordered (0 < p50 <= p99);
 #   - a real Prometheus server (Debian's) scrapes both daemons and its query API returns the
 #     primary's write count and a histogram_quantile over the write histogram; it also loads the
 #     shipped alerting rules (scripts/prometheus/nbdmirror-alerts.yml), which must evaluate
@@ -162,11 +163,11 @@ histogram("standby", fb, "nbdmirror_apply_flush_duration_seconds", sb["apply_flu
 expect("standby applied writes", value(fb, "nbdmirror_applied_writes", "_total"), sb["applied_writes"])
 if sa["modify_done"] < 16 or sa["flush_done"] < 1:
     errors.append(f"primary counted {sa['modify_done']} writes, {sa['flush_done']} flushes")
-for op in ("write", "flush"):
-    p50, p99 = sa[f"{op}_p50_us"], sa[f"{op}_p99_us"]
+for st, op in ((sa, "write"), (sa, "flush"), (sb, "apply")):
+    p50, p99 = st[f"{op}_p50_us"], st[f"{op}_p99_us"]
     if not 0 < p50 <= p99:
         errors.append(f"status {op}_p50_us {p50}, {op}_p99_us {p99}: expected 0 < p50 <= p99")
-    print(f"  primary {op} latency over the last minute: p50 {p50} us, p99 {p99} us", file=sys.stderr)
+    print(f"  {op} latency over the last minute: p50 {p50} us, p99 {p99} us", file=sys.stderr)
 for e in errors:
     print("  " + e, file=sys.stderr)
 sys.exit(1 if errors else 0)
