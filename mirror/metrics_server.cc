@@ -108,12 +108,14 @@ asio::awaitable<void> MetricsServer::AcceptLoop() {
       socket.close(ec);
       continue;
     }
+    // Counted here, not when Serve starts running, so a burst of connections cannot all pass the
+    // check before the first of them is counted.
+    ++connections_;
     asio::co_spawn(io_, Serve(std::move(socket)), asio::detached);
   }
 }
 
 asio::awaitable<void> MetricsServer::Serve(asio::ip::tcp::socket socket) {
-  ++connections_;
   struct Leave {
     int& count;
     ~Leave() { --count; }
