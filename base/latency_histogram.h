@@ -2,14 +2,15 @@
 // LatencyHistogram: how long requests took, as counts per latency bucket, for the Prometheus
 // histograms and the percentiles in status.
 //
-// The buckets' upper bounds run from 10 µs to 10 s in steps of about a quarter (1, 1.25, 1.5, 2,
-// 2.5, 3, 4, 5, 6, 8 times a power of ten), plus one for everything slower. A percentile read
-// from it is off by at most one step (about 25%). Recording is an index search over 61 bounds and
+// The buckets' upper bounds run from 10 µs to 10 s in steps of a fifth to a third (1, 1.25, 1.5,
+// 2, 2.5, 3, 4, 5, 6, 8 times a power of ten, in whole microseconds: the first decade is 10, 12,
+// 15, ...), plus one for everything slower. A percentile read from it is off by at most one step. Recording is an index search over 61 bounds and
 // two additions: cheap enough for every request on the loop thread. Not thread-safe, like the
 // rest of a volume's counters.
 //
-// RecentLatency keeps two such histograms for consecutive windows, so status can say what the
-// percentiles were over the last one to two windows rather than since the daemon started.
+// RecentLatency keeps two such histograms for consecutive, aligned windows (the last complete
+// one and the current one), so status can say what the percentiles were over the last one to two
+// windows rather than since the daemon started.
 
 #include <algorithm>
 #include <array>
@@ -118,18 +119,20 @@ class RecentLatency {
   }
 
  private:
+  // Moves to the window that holds `now`. Windows stay aligned to the first one, so nothing
+  // older than two windows is ever counted.
   void Rotate(SteadyTime now) {
     if (now - current_start_ < window_) {
       return;
     }
-    // A window with no samples since more than one window ago leaves nothing recent.
-    if (now - current_start_ < 2 * window_) {
+    const auto windows = (now - current_start_) / window_;
+    if (windows == 1) {
       previous_ = current_;
     } else {
-      previous_.Clear();
+      previous_.Clear();  // The current window ended more than a window ago.
     }
     current_.Clear();
-    current_start_ = now;
+    current_start_ += windows * window_;
   }
 
   std::chrono::steady_clock::duration window_;

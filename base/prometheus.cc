@@ -9,13 +9,15 @@
 namespace base {
 namespace {
 
-bool ValidName(const std::string& name) {
+// Metric names may hold colons; label names may not.
+bool ValidName(const std::string& name, bool label = false) {
   if (name.empty()) {
     return false;
   }
   for (size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
-    const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+    const bool letter =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (c == ':' && !label);
     const bool digit = c >= '0' && c <= '9';
     if (!letter && !(digit && i > 0)) {
       return false;
@@ -75,7 +77,7 @@ void PrometheusText::Sample(const std::string& name, const Labels& labels, doubl
   if (!labels.empty()) {
     text_ += '{';
     for (size_t i = 0; i < labels.size(); ++i) {
-      CHECK(ValidName(labels[i].first));
+      CHECK(ValidName(labels[i].first, /*label=*/true));
       text_ += (i ? "," : "") + labels[i].first + "=\"" + EscapeLabelValue(labels[i].second) + '"';
     }
     text_ += '}';
@@ -104,7 +106,7 @@ void PrometheusText::StateSet(const std::string& name, const std::string& help,
     seen = seen || state == current;
     Sample(name, {{label, state}}, state == current ? 1 : 0);
   }
-  if (!seen) {
+  if (!seen && !current.empty()) {  // An empty label value would read as no label at all.
     Sample(name, {{label, current}}, 1);
   }
 }

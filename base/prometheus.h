@@ -33,7 +33,7 @@ class PrometheusText {
   void Counter(const std::string& name, const std::string& help, double value,
                const Labels& labels = {});
   // A state set: one gauge sample per state, 1 for `current`, 0 for the others, under the label
-  // `label`. `current` need not be among `states` (it is then added).
+  // `label`. `current` need not be among `states` (it is then added, unless empty).
   void StateSet(const std::string& name, const std::string& help, const std::string& label,
                 const std::vector<std::string>& states, const std::string& current);
   void Histogram(const std::string& name, const std::string& help, const LatencyHistogram& h);

@@ -4,7 +4,9 @@
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <array>
 #include <cstring>
+#include <string_view>
 
 namespace mirror {
 namespace {
@@ -57,7 +59,7 @@ bool IsHttpParseError(const boost::system::error_code& ec) {
 }  // namespace
 
 MetricsServer::MetricsServer(asio::io_context& io, Render render)
-    : io_(io), render_(std::move(render)), acceptor_(io) {}
+    : io_(io), shared_(std::make_shared<Shared>(Shared{std::move(render)})), acceptor_(io) {}
 
 MetricsServer::~MetricsServer() = default;
 
@@ -93,6 +95,7 @@ Status MetricsServer::Listen(const base::Endpoint& endpoint) {
 }
 
 asio::awaitable<void> MetricsServer::AcceptLoop() {
+  bool failing = false;
   for (;;) {
     asio::ip::tcp::socket socket(io_);
     boost::system::error_code ec;
@@ -100,29 +103,71 @@ asio::awaitable<void> MetricsServer::AcceptLoop() {
     if (ec == asio::error::operation_aborted) {
       co_return;
     }
-    if (ec) {
+    if (ec == asio::error::connection_aborted) {
       continue;
     }
-    if (connections_ >= kMaxConnections) {
-      spdlog::warn("metrics: {} connections open already; closing a new one", connections_);
+    if (ec) {
+      // Out of descriptors or memory: retrying at once would spin the loop that also carries
+      // the data path. Pause, and say so once per episode.
+      if (!failing) {
+        spdlog::warn("metrics: accepting a connection: {}; retrying every 100 ms", ec.message());
+      }
+      failing = true;
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    failing = false;
+    if (shared_->connections >= kMaxConnections) {
+      spdlog::warn("metrics: {} connections open already; closing a new one",
+                   shared_->connections);
       socket.close(ec);
       continue;
     }
     // Counted here, not when Serve starts running, so a burst of connections cannot all pass the
     // check before the first of them is counted.
-    ++connections_;
-    asio::co_spawn(io_, Serve(std::move(socket)), asio::detached);
+    ++shared_->connections;
+    asio::co_spawn(io_, Serve(shared_, std::move(socket)), asio::detached);
   }
 }
 
-asio::awaitable<void> MetricsServer::Serve(asio::ip::tcp::socket socket) {
+namespace {
+
+// After a refusal: stop sending, then read and drop what the client still sends (briefly), so
+// the close does not reset the connection and destroy the answer before the client reads it.
+asio::awaitable<void> CloseAfterRefusal(beast::tcp_stream& stream) {
+  boost::system::error_code ec;
+  stream.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  stream.expires_after(std::chrono::seconds(1));
+  std::array<char, 4096> scratch;
+  for (size_t drained = 0; !ec && drained < (1u << 20);) {
+    drained += co_await stream.async_read_some(asio::buffer(scratch),
+                                               asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+}  // namespace
+
+asio::awaitable<void> MetricsServer::Serve(std::shared_ptr<Shared> shared,
+                                           asio::ip::tcp::socket socket) {
+  // Runs at the end, also when the io_context destroys this coroutine without resuming it:
+  // `shared` outlives the server in that case.
   struct Leave {
-    int& count;
-    ~Leave() { --count; }
-  } leave{connections_};
+    std::shared_ptr<Shared> shared;
+    ~Leave() { --shared->connections; }
+  } leave{shared};
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
+  asio::steady_timer pace(stream.get_executor());
+  auto last_request = std::chrono::steady_clock::time_point::min();
   for (bool first = true;; first = false) {
+    // At most one request per kMinRequestInterval per connection reaches the renderer.
+    const auto now = std::chrono::steady_clock::now();
+    if (!first && now - last_request < kMinRequestInterval) {
+      boost::system::error_code ignored;
+      pace.expires_after(kMinRequestInterval - (now - last_request));
+      co_await pace.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
     http::request_parser<http::empty_body> parser;
     parser.header_limit(kHeaderLimitBytes);
     parser.body_limit(0);
@@ -130,6 +175,7 @@ asio::awaitable<void> MetricsServer::Serve(asio::ip::tcp::socket socket) {
     boost::system::error_code ec;
     co_await http::async_read(stream, buffer, parser,
                               asio::redirect_error(asio::use_awaitable, ec));
+    last_request = std::chrono::steady_clock::now();
     if (ec) {
       // A malformed, oversized or body-carrying request gets an answer, then the connection
       // closes (its remaining bytes cannot be trusted to frame another request). A timeout, a
@@ -145,21 +191,25 @@ asio::awaitable<void> MetricsServer::Serve(asio::ip::tcp::socket socket) {
       } else {
         co_return;
       }
-      co_await Send(stream, refusal, 11, false, false);
-      stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+      if (!co_await Send(stream, refusal, 11, false, false)) {
+        co_await CloseAfterRefusal(stream);
+      }
       co_return;
     }
     const http::request<http::empty_body>& req = parser.get();
     const bool head = req.method() == http::verb::head;
+    // The path without a query string (a scrape config may add parameters; none are used).
+    const std::string_view target(req.target().data(), req.target().size());
+    const std::string_view path = target.substr(0, target.find('?'));
     Answer answer;
     if (req.method() != http::verb::get && !head) {
       answer = {http::status::method_not_allowed, "only GET and HEAD\n"};
       answer.allow_header = true;
-    } else if (req.target() == "/metrics") {
-      ++scrapes_;
-      answer.body = render_();
+    } else if (path == "/metrics") {
+      ++shared->scrapes;
+      answer.body = shared->render();
       answer.content_type = kExpositionType;
-    } else if (req.target() == "/") {
+    } else if (path == "/") {
       answer.body = "nbdmirror: metrics at /metrics\n";
     } else {
       answer = {http::status::not_found, "not found; metrics are at /metrics\n"};

@@ -8,11 +8,14 @@
 //   anything else  404 (unknown path) or 405 (another method), and the connection stays usable
 //
 // Keep-alive is honoured, as Prometheus uses it. What a client cannot do to the daemon: hold a
-// connection silent for long (each request must arrive within kRequestTimeout, and an idle
-// keep-alive connection is closed after kIdleTimeout), send more than 8 KiB of headers or any
-// body (the request is refused and the connection closed), or open more than kMaxConnections at
-// once (further ones are closed on accept). The document is built on the loop thread from the
-// same counters as `status`, so it is consistent with itself.
+// new connection silent for long (its first request must arrive within kRequestTimeout; a
+// keep-alive connection's next one within kIdleTimeout, longer than the usual one-minute scrape
+// interval so Prometheus keeps its connection), send more than 8 KiB of headers or any body (the
+// request is refused and the connection closed), open more than kMaxConnections at once (further
+// ones are closed on accept), or make the loop render more than once per kMinRequestInterval per
+// connection. The document is built on the loop thread from the same counters as `status`, so
+// it is consistent with itself. A client that keeps kMaxConnections connections busy does lock
+// out others: serve metrics only where the monitoring system alone can reach them.
 
 #include <chrono>
 #include <functional>
@@ -30,7 +33,8 @@ class MetricsServer {
   using Render = std::function<std::string()>;  // Returns the exposition text.
 
   static constexpr std::chrono::seconds kRequestTimeout{10};
-  static constexpr std::chrono::seconds kIdleTimeout{60};
+  static constexpr std::chrono::seconds kIdleTimeout{90};
+  static constexpr std::chrono::milliseconds kMinRequestInterval{100};
   static constexpr int kMaxConnections = 16;
 
   MetricsServer(asio::io_context& io, Render render);
@@ -38,17 +42,24 @@ class MetricsServer {
 
   // Binds and starts accepting. TCP only.
   base::Status Listen(const base::Endpoint& endpoint);
-  uint64_t scrapes() const { return scrapes_; }
+  uint64_t scrapes() const { return shared_->scrapes; }
 
  private:
+  // What connections use. Shared with each connection's coroutine, which may be destroyed (not
+  // resumed) after this server when the io_context goes.
+  struct Shared {
+    Render render;
+    int connections = 0;
+    uint64_t scrapes = 0;
+  };
+
   asio::awaitable<void> AcceptLoop();
-  asio::awaitable<void> Serve(asio::ip::tcp::socket socket);
+  static asio::awaitable<void> Serve(std::shared_ptr<Shared> shared,
+                                     asio::ip::tcp::socket socket);
 
   asio::io_context& io_;
-  Render render_;
+  std::shared_ptr<Shared> shared_;
   asio::ip::tcp::acceptor acceptor_;
-  int connections_ = 0;
-  uint64_t scrapes_ = 0;
 };
 
 }  // namespace mirror

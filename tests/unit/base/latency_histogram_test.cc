@@ -89,5 +89,17 @@ TEST(RecentLatencyTest, ForgetsWhatIsOlderThanTwoWindows) {
   EXPECT_EQ(recent.Quantile(0.5, t2 + std::chrono::seconds(130)), 0u);
 }
 
+TEST(RecentLatencyTest, WindowsStayAlignedSoNothingOlderThanTwoWindowsCounts) {
+  RecentLatency recent(std::chrono::seconds(60));
+  const SteadyTime t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100; ++i) {
+    recent.Record(5000, t0);  // window [t0, t0+60)
+  }
+  recent.Record(100, t0 + std::chrono::seconds(119));  // window [t0+60, t0+120)
+  // At t0+170 the windows are [t0+60, t0+120) and [t0+120, ...): the 5 ms samples, 170 s old,
+  // are out, although fewer than two windows have passed since the 100 us one started a window.
+  EXPECT_LE(recent.Quantile(0.5, t0 + std::chrono::seconds(170)), 100u);
+}
+
 }  // namespace
 }  // namespace base
