@@ -119,9 +119,14 @@ class RecentLatency {
   }
 
  private:
-  // Moves to the window that holds `now`. Windows stay aligned to the first one, so nothing
-  // older than two windows is ever counted.
+  // Moves to the window that holds `now`. The first window starts at the first call and the
+  // later ones stay aligned to it, so nothing older than two windows is ever counted.
   void Rotate(SteadyTime now) {
+    if (!started_) {
+      started_ = true;
+      current_start_ = now;
+      return;
+    }
     if (now - current_start_ < window_) {
       return;
     }
@@ -136,6 +141,7 @@ class RecentLatency {
   }
 
   std::chrono::steady_clock::duration window_;
+  bool started_ = false;
   SteadyTime current_start_{};
   LatencyHistogram current_;
   LatencyHistogram previous_;

@@ -89,6 +89,23 @@ TEST(RecentLatencyTest, ForgetsWhatIsOlderThanTwoWindows) {
   EXPECT_EQ(recent.Quantile(0.5, t2 + std::chrono::seconds(130)), 0u);
 }
 
+// The windows start at the first sample, whatever the steady clock's epoch: the same schedule
+// at several offsets from it (a first version aligned windows to the epoch, so where t0 fell in
+// its minute decided what was forgotten).
+TEST(RecentLatencyTest, WindowsStartAtTheFirstSampleWhateverTheClockSays) {
+  for (int offset_s = 0; offset_s < 120; offset_s += 7) {
+    RecentLatency recent(std::chrono::seconds(60));
+    const SteadyTime t0 = SteadyTime{} + std::chrono::hours(5) + std::chrono::seconds(offset_s);
+    recent.Record(5000, t0);
+    recent.Record(100, t0 + std::chrono::seconds(70));
+    recent.Record(100, t0 + std::chrono::seconds(70));
+    // [t0, t0+60) and [t0+60, t0+120): the 5 ms sample is still in the previous window.
+    EXPECT_GE(recent.Quantile(0.99, t0 + std::chrono::seconds(110)), 4000u) << offset_s;
+    // [t0+60, t0+120) and [t0+120, t0+180): it is gone.
+    EXPECT_LE(recent.Quantile(0.99, t0 + std::chrono::seconds(125)), 100u) << offset_s;
+  }
+}
+
 TEST(RecentLatencyTest, WindowsStayAlignedSoNothingOlderThanTwoWindowsCounts) {
   RecentLatency recent(std::chrono::seconds(60));
   const SteadyTime t0 = std::chrono::steady_clock::now();
