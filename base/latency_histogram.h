@@ -4,13 +4,14 @@
 //
 // The buckets' upper bounds run from 10 µs to 10 s in steps of a fifth to a third (1, 1.25, 1.5,
 // 2, 2.5, 3, 4, 5, 6, 8 times a power of ten, in whole microseconds: the first decade is 10, 12,
-// 15, ...), plus one for everything slower. A percentile read from it is off by at most one step. Recording is an index search over 61 bounds and
-// two additions: cheap enough for every request on the loop thread. Not thread-safe, like the
-// rest of a volume's counters.
+// 15, ...), plus one for everything slower. A percentile read from it is off by at most one
+// step. Its count and sum are the /proc/diskstats-style counters of status. Recording is an index
+// search over 61 bounds and three additions: cheap enough for every request on the loop thread.
+// Not thread-safe, like the rest of a volume's counters.
 //
-// RecentLatency keeps two such histograms for consecutive, aligned windows (the last complete
-// one and the current one), so status can say what the percentiles were over the last one to two
-// windows rather than since the daemon started.
+// RecentLatency keeps two such histograms for consecutive windows (the last complete one and the
+// current one, aligned to the first sample), so status can say what the percentiles were over the
+// last one to two windows rather than since the daemon started.
 
 #include <algorithm>
 #include <array>
@@ -146,5 +147,13 @@ class RecentLatency {
   LatencyHistogram current_;
   LatencyHistogram previous_;
 };
+
+// A request's time from `start` to now, into its histogram (since start) and its recent window.
+inline void RecordSince(SteadyTime start, LatencyHistogram& all, RecentLatency& recent) {
+  const SteadyTime now = std::chrono::steady_clock::now();
+  const uint64_t us = MicrosBetween(start, now);
+  all.Record(us);
+  recent.Record(us, now);
+}
 
 }  // namespace base

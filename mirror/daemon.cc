@@ -298,10 +298,10 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("applied_writes", as.writes);
     num("applied_bytes", as.written_bytes);
     num("ops_in_flight", as.ops_in_flight);
-    num("apply_done", as.apply_done);
-    num("apply_us", as.apply_us);
-    num("apply_flush_done", as.apply_flush_done);
-    num("apply_flush_us", as.apply_flush_us);
+    num("apply_done", as.apply.count());
+    num("apply_us", as.apply.sum_us());
+    num("apply_flush_done", as.apply_flush.count());
+    num("apply_flush_us", as.apply_flush.sum_us());
     num("apply_p50_us", node.applier->RecentApplyQuantile(0.5));
     num("apply_p99_us", node.applier->RecentApplyQuantile(0.99));
   }
@@ -343,17 +343,17 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("degraded_writes", s.degraded_writes);
     num("errors", s.errors);
     num("datasyncs", node.volume->group_commit().datasync_count());
-    num("modify_done", s.modify_done);
-    num("modify_us", s.modify_us);
+    num("modify_done", s.modify.count());
+    num("modify_us", s.modify.sum_us());
     num("modify_queue_us", s.modify_queue_us);
     num("modify_local_us", s.modify_local_us);
-    num("modify_peer_done", s.modify_peer_done);
-    num("modify_peer_us", s.modify_peer_us);
-    num("flush_done", s.flush_done);
-    num("flush_us", s.flush_us);
+    num("modify_peer_done", s.modify_peer.count());
+    num("modify_peer_us", s.modify_peer.sum_us());
+    num("flush_done", s.flush.count());
+    num("flush_us", s.flush.sum_us());
     num("flush_local_us", s.flush_local_us);
-    num("flush_peer_done", s.flush_peer_done);
-    num("flush_peer_us", s.flush_peer_us);
+    num("flush_peer_done", s.flush_peer.count());
+    num("flush_peer_us", s.flush_peer.sum_us());
     Volume& v = *node.volume;
     num("write_p50_us", v.RecentModifyQuantile(0.5));
     num("write_p99_us", v.RecentModifyQuantile(0.99));
@@ -483,24 +483,24 @@ std::string MetricsText(const Node& node) {
     const VolumeStats& s = node.volume->stats();
     out.Histogram("nbdmirror_write_duration_seconds",
                   "Modifying NBD requests (WRITE, WRITE_ZEROES, TRIM), arrival to reply.",
-                  s.modify_latency);
+                  s.modify);
     out.Histogram("nbdmirror_write_peer_duration_seconds",
                   "Modifying requests confirmed by the peer: handed to the link to confirmation.",
-                  s.modify_peer_latency);
+                  s.modify_peer);
     out.Histogram("nbdmirror_flush_duration_seconds", "NBD FLUSH requests, arrival to reply.",
-                  s.flush_latency);
+                  s.flush);
     out.Histogram("nbdmirror_flush_peer_duration_seconds",
                   "FLUSH requests confirmed by the peer: arrival to the peer's confirmation.",
-                  s.flush_peer_latency);
+                  s.flush_peer);
   }
   if (node.applier) {
     const ApplierStats& as = node.applier->stats();
     out.Histogram("nbdmirror_apply_duration_seconds",
                   "Standby: writes and zeroings from the primary, frame arrival to acknowledgement.",
-                  as.apply_latency);
+                  as.apply);
     out.Histogram("nbdmirror_apply_flush_duration_seconds",
                   "Standby: flushes from the primary, frame arrival to acknowledgement.",
-                  as.apply_flush_latency);
+                  as.apply_flush);
   }
   if (node.metrics) {
     out.Counter("nbdmirror_metrics_scrapes_total", "Requests for /metrics answered.",

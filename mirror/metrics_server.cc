@@ -2,9 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <array>
 #include <cstring>
 #include <string_view>
 
@@ -26,7 +26,7 @@ struct Answer {
 };
 
 // Sends one response; for HEAD (`head_only`) the headers announce the body without sending it.
-asio::awaitable<boost::system::error_code> Send(beast::tcp_stream& stream, const Answer& answer,
+asio::awaitable<boost::system::error_code> Send(beast::tcp_stream& stream, Answer answer,
                                                 unsigned version, bool keep_alive, bool head_only) {
   http::response<http::string_body> res{answer.status, version};
   res.set(http::field::server, "nbdmirror");
@@ -35,10 +35,13 @@ asio::awaitable<boost::system::error_code> Send(beast::tcp_stream& stream, const
     res.set(http::field::allow, "GET, HEAD");
   }
   res.keep_alive(keep_alive);
-  res.body() = head_only ? std::string() : answer.body;
+  const size_t body_bytes = answer.body.size();
+  if (!head_only) {
+    res.body() = std::move(answer.body);
+  }
   res.prepare_payload();
   if (head_only) {
-    res.content_length(answer.body.size());
+    res.content_length(body_bytes);
   }
   boost::system::error_code ec;
   stream.expires_after(MetricsServer::kRequestTimeout);
@@ -119,8 +122,7 @@ asio::awaitable<void> MetricsServer::AcceptLoop() {
     }
     failing = false;
     if (shared_->connections >= kMaxConnections) {
-      spdlog::warn("metrics: {} connections open already; closing a new one",
-                   shared_->connections);
+      spdlog::warn("metrics: {} connections open already; closing a new one", shared_->connections);
       socket.close(ec);
       continue;
     }
@@ -191,7 +193,7 @@ asio::awaitable<void> MetricsServer::Serve(std::shared_ptr<Shared> shared,
       } else {
         co_return;
       }
-      if (!co_await Send(stream, refusal, 11, false, false)) {
+      if (!co_await Send(stream, std::move(refusal), 11, false, false)) {
         co_await CloseAfterRefusal(stream);
       }
       co_return;
@@ -214,7 +216,7 @@ asio::awaitable<void> MetricsServer::Serve(std::shared_ptr<Shared> shared,
     } else {
       answer = {http::status::not_found, "not found; metrics are at /metrics\n"};
     }
-    ec = co_await Send(stream, answer, req.version(), req.keep_alive(), head);
+    ec = co_await Send(stream, std::move(answer), req.version(), req.keep_alive(), head);
     if (ec || !req.keep_alive()) {
       stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ec);
       co_return;

@@ -159,10 +159,7 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
       FinishResync(link, seq, current_gen);
       return;
     }
-    ++stats_.apply_flush_done;
-    const uint64_t us = base::MicrosSince(arrived);
-    stats_.apply_flush_us += us;
-    stats_.apply_flush_latency.Record(us);
+    stats_.apply_flush.Record(base::MicrosSince(arrived));
     --stats_.ops_in_flight;
     SendAck(link, seq, st);
     idle_event_.Notify();
@@ -194,22 +191,13 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
   });
 }
 
-void ReplicaApplier::CountApplied(base::SteadyTime arrived) {
-  ++stats_.apply_done;
-  const base::SteadyTime now = std::chrono::steady_clock::now();
-  const uint64_t us = base::MicrosBetween(arrived, now);
-  stats_.apply_us += us;
-  stats_.apply_latency.Record(us);
-  recent_apply_.Record(us, now);
-}
-
 void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,
                             base::SteadyTime arrived) {
   if (status.ok()) {
     group_commit_.NoteWriteCompleted();
   }
   if (!status.ok() || !durable) {
-    CountApplied(arrived);
+    base::RecordSince(arrived, stats_.apply, recent_apply_);
     --stats_.ops_in_flight;
     if (!status.ok()) {
       spdlog::error("applying seq {} failed: {}", seq, status.ToString());
@@ -219,7 +207,7 @@ void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, St
     return;
   }
   group_commit_.RequestDurable([this, link, seq, arrived](Status synced) {
-    CountApplied(arrived);
+    base::RecordSince(arrived, stats_.apply, recent_apply_);
     --stats_.ops_in_flight;
     SendAck(link, seq, synced);
     idle_event_.Notify();

@@ -32,14 +32,10 @@ struct ApplierStats {
   uint64_t resync_bytes = 0;
   uint64_t flushes = 0;
   uint64_t ops_in_flight = 0;
-  // As the primary's latency counters (VolumeStats): sums of microseconds from a frame's arrival
-  // to its acknowledgement being queued, beside their counts. Writes and zeroes, then flushes.
-  uint64_t apply_done = 0;
-  uint64_t apply_us = 0;
-  uint64_t apply_flush_done = 0;
-  uint64_t apply_flush_us = 0;
-  base::LatencyHistogram apply_latency;        // The same times as distributions.
-  base::LatencyHistogram apply_flush_latency;
+  // As the primary's latency histograms (VolumeStats): from a frame's arrival to its
+  // acknowledgement being queued. Writes and zeroes, then flushes.
+  base::LatencyHistogram apply;
+  base::LatencyHistogram apply_flush;
 };
 
 class ReplicaApplier final : public transport::FrameHandler {
@@ -79,7 +75,6 @@ class ReplicaApplier final : public transport::FrameHandler {
   void ApplyDigestRequest(const transport::Frame& frame);
   void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status,
               base::SteadyTime arrived);
-  void CountApplied(base::SteadyTime arrived);
   void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status,
                const std::string& digest = {});
   void Reject(const std::string& why);

@@ -179,10 +179,7 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
   }
   write->peer([this, write](PeerOutcome outcome) {
     if (outcome == PeerOutcome::kConfirmed) {
-      ++stats_.modify_peer_done;
-      const uint64_t us = MicrosSince(write->fanned_out);
-      stats_.modify_peer_us += us;
-      stats_.modify_peer_latency.Record(us);
+      stats_.modify_peer.Record(MicrosSince(write->fanned_out));
     }
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
@@ -239,12 +236,7 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   --stats_.writes_in_flight;
   stats_.bytes_in_flight -= write->length_bytes;
   stats_.degraded_writes += write->peer_degraded ? 1 : 0;
-  ++stats_.modify_done;
-  const base::SteadyTime now = Clock::now();
-  const uint64_t us = base::MicrosBetween(write->arrived, now);
-  stats_.modify_us += us;
-  stats_.modify_latency.Record(us);
-  recent_modify_.Record(us, now);
+  base::RecordSince(write->arrived, stats_.modify, recent_modify_);
   auto done = std::move(write->done);
   if (write->peer_aborted && write->local_status.ok()) {
     done(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
@@ -270,12 +262,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
     if (!state->local_done || !state->peer_done) {
       return;
     }
-    ++stats_.flush_done;
-    const base::SteadyTime now = Clock::now();
-    const uint64_t us = base::MicrosBetween(arrived, now);
-    stats_.flush_us += us;
-    stats_.flush_latency.Record(us);
-    recent_flush_.Record(us, now);
+    base::RecordSince(arrived, stats_.flush, recent_flush_);
     auto cb = std::move(state->done);
     if (state->peer_aborted && state->local_status.ok()) {
       cb(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
@@ -292,10 +279,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
   if (peer_ != nullptr) {
     peer_->ReplicateFlush([this, state, finish, arrived](PeerOutcome outcome) {
       if (outcome == PeerOutcome::kConfirmed) {
-        ++stats_.flush_peer_done;
-        const uint64_t us = MicrosSince(arrived);
-        stats_.flush_peer_us += us;
-        stats_.flush_peer_latency.Record(us);
+        stats_.flush_peer.Record(MicrosSince(arrived));
       }
       state->peer_done = true;
       state->peer_aborted = outcome == PeerOutcome::kAborted;

@@ -68,27 +68,18 @@ struct VolumeStats {
   uint64_t range_waits = 0;  // Writes that had to wait for an overlapping one.
   uint64_t degraded_writes = 0;  // Acknowledged without the peer.
 
-  // Where the time goes, as /proc/diskstats counts it: monotonic sums of microseconds beside the
-  // number of requests they cover; the mean over an interval is the difference of a sum divided
-  // by the difference of its count. "Modifying" means WRITE, WRITE_ZEROES and TRIM.
-  uint64_t modify_done = 0;           // Modifying requests replied to (success or error).
-  uint64_t modify_us = 0;             // Their time from arrival to reply.
-  uint64_t modify_queue_us = 0;       // Of that, waiting for an overlapping write and the mark.
-  uint64_t modify_local_us = 0;       // Local store operation (plus datasync when durable).
-  uint64_t modify_peer_done = 0;      // Modifying requests the peer confirmed.
-  uint64_t modify_peer_us = 0;        // Their time from handing to the link to confirmation.
-  uint64_t flush_done = 0;            // FLUSH requests replied to.
-  uint64_t flush_us = 0;              // Their time from arrival to reply.
-  uint64_t flush_local_us = 0;        // Local group-committed datasync part.
-  uint64_t flush_peer_done = 0;       // FLUSHes the peer confirmed.
-  uint64_t flush_peer_us = 0;         // Their time from arrival to the peer's confirmation.
-
-  // The same times as distributions (Prometheus histograms): modifying requests arrival to
-  // reply, and their peer part; FLUSH arrival to reply, and their peer part.
-  base::LatencyHistogram modify_latency;
-  base::LatencyHistogram modify_peer_latency;
-  base::LatencyHistogram flush_latency;
-  base::LatencyHistogram flush_peer_latency;
+  // Where the time goes, as /proc/diskstats counts it: each histogram's count and sum of
+  // microseconds are monotonic, so the mean over an interval is the difference of the sum divided
+  // by the difference of the count; the buckets give the distribution. "Modifying" means WRITE,
+  // WRITE_ZEROES and TRIM.
+  base::LatencyHistogram modify;       // Modifying requests replied to: arrival to reply.
+  base::LatencyHistogram modify_peer;  // Those the peer confirmed: handed to the link to then.
+  base::LatencyHistogram flush;        // FLUSH requests: arrival to reply.
+  base::LatencyHistogram flush_peer;   // FLUSHes the peer confirmed: arrival to confirmation.
+  // Parts of the above, as sums of microseconds over the requests of `modify` and `flush`.
+  uint64_t modify_queue_us = 0;  // Waiting for an overlapping write and the mark.
+  uint64_t modify_local_us = 0;  // Local store operation (plus datasync when durable).
+  uint64_t flush_local_us = 0;   // Local group-committed datasync part.
 };
 
 class Volume final : public nbd::BlockDevice {

@@ -161,19 +161,19 @@ TEST_F(MirroredVolumeTest, LatencyCountersSplitAWriteAndAFlushIntoTheirParts) {
   peer_.Answer(PeerOutcome::kConfirmed);
   ASSERT_TRUE(replied);
   VolumeStats s = volume.stats();
-  EXPECT_EQ(s.modify_done, 1u);
-  EXPECT_EQ(s.modify_peer_done, 1u);
-  EXPECT_GE(s.modify_peer_us, 3000u);
-  EXPECT_LT(s.modify_local_us, s.modify_peer_us);
-  EXPECT_GE(s.modify_us, s.modify_peer_us);
-  EXPECT_LE(s.modify_queue_us, s.modify_us);
+  EXPECT_EQ(s.modify.count(), 1u);
+  EXPECT_EQ(s.modify_peer.count(), 1u);
+  EXPECT_GE(s.modify_peer.sum_us(), 3000u);
+  EXPECT_LT(s.modify_local_us, s.modify_peer.sum_us());
+  EXPECT_GE(s.modify.sum_us(), s.modify_peer.sum_us());
+  EXPECT_LE(s.modify_queue_us, s.modify.sum_us());
 
   // A degraded answer counts as a reply, not as a peer confirmation.
   ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
   peer_.Answer(PeerOutcome::kDegraded);
   store_.CompleteAll();
-  EXPECT_EQ(volume.stats().modify_done, 2u);
-  EXPECT_EQ(volume.stats().modify_peer_done, 1u);
+  EXPECT_EQ(volume.stats().modify.count(), 2u);
+  EXPECT_EQ(volume.stats().modify_peer.count(), 1u);
 
   bool flushed = false;
   ASSERT_TRUE(volume.Flush([&](base::Status) { flushed = true; }).ok());
@@ -183,11 +183,11 @@ TEST_F(MirroredVolumeTest, LatencyCountersSplitAWriteAndAFlushIntoTheirParts) {
   store_.CompleteAll();
   ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
   s = volume.stats();
-  EXPECT_EQ(s.flush_done, 1u);
-  EXPECT_EQ(s.flush_peer_done, 1u);
+  EXPECT_EQ(s.flush.count(), 1u);
+  EXPECT_EQ(s.flush_peer.count(), 1u);
   EXPECT_GE(s.flush_local_us, 3000u);
-  EXPECT_LT(s.flush_peer_us, s.flush_local_us);
-  EXPECT_GE(s.flush_us, s.flush_local_us);
+  EXPECT_LT(s.flush_peer.sum_us(), s.flush_local_us);
+  EXPECT_GE(s.flush.sum_us(), s.flush_local_us);
 }
 
 }  // namespace
