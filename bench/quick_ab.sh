@@ -8,6 +8,8 @@
 #     MODE: standalone | mirror-flush | mirror-sync
 #     JOB:  a job name from bench/fio (w4k_qd32, w4k_qd1_flush, r4k_qd32, ...)
 #   QUICK_RUNTIME=5 QUICK_SIZE=512M QUICK_STRACE=0|1 QUICK_TMPDIR=/var/tmp
+#   QUICK_STANDBY_DIR=DIR puts the standby's copy there (e.g. /dev/shm: the disk then serves the
+#   primary alone, as each host's disk does with two hosts)
 #
 # Prints one line per run: label, rep, IOPS, load average; then medians per label. With
 # QUICK_STRACE=1 each binary also gets one run under `strace -f -c` of each daemon (4 s), and
@@ -25,20 +27,25 @@ do_strace=${QUICK_STRACE:-0}
 # together get one tenant's share next to other sessions' compilers.
 prio=(setsid)
 tmp=$(mktemp -d "${QUICK_TMPDIR:-/var/tmp}/quick-ab.XXXXXX")
+standby_dir=$tmp
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$tmp"
+  [[ $standby_dir == "$tmp" ]] || rm -rf "$standby_dir"
 }
 trap cleanup EXIT
 head -c 32 /dev/urandom | base64 >"$tmp/secret"
 chmod 600 "$tmp/secret"
-for f in S A B; do
-  fallocate -l "$size" "$tmp/$f"
-  # Fully written, so no write allocates blocks.
-  dd if=/dev/zero of="$tmp/$f" bs=1M count=$(($(numfmt --from=iec "$size") >> 20)) \
-    oflag=direct conv=notrunc status=none
+if [[ -n ${QUICK_STANDBY_DIR:-} ]]; then
+  standby_dir=$(mktemp -d "$QUICK_STANDBY_DIR/quick-ab-standby.XXXXXX")
+fi
+for f in "$tmp/S" "$tmp/A" "$standby_dir/B"; do
+  fallocate -l "$size" "$f"
+  # Fully written, so no write allocates blocks (tmpfs takes no O_DIRECT: plain writes there).
+  dd if=/dev/zero of="$f" bs=1M count=$(($(numfmt --from=iec "$size") >> 20)) \
+    conv=notrunc status=none $([[ $(stat -f -c %T "$f") == tmpfs ]] || echo oflag=direct)
 done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -47,7 +54,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start() {
   local bin=$1
   sock=$tmp/nbd.sock
-  rm -f "$sock" "$tmp"/*.nbdmirror-meta "$tmp"/*.ctl 2>/dev/null || true
+  rm -f "$sock" "$tmp"/*.nbdmirror-meta "$tmp"/*.ctl "$standby_dir"/*.nbdmirror-meta "$standby_dir"/*.ctl 2>/dev/null || true
   standby_pid=""
   if [[ $mode == standalone ]]; then
     "${prio[@]}" "$bin" run --volume "$tmp/S" --node a --primary --nbd "unix:$sock" >"$tmp/p.log" 2>&1 &
@@ -56,7 +63,7 @@ start() {
     local pa pb
     pa=$(free_port)
     pb=$(free_port)
-    "${prio[@]}" "$bin" run --volume "$tmp/B" --node b --listen "127.0.0.1:$pb" --peer "a=127.0.0.1:$pa" \
+    "${prio[@]}" "$bin" run --volume "$standby_dir/B" --node b --listen "127.0.0.1:$pb" --peer "a=127.0.0.1:$pa" \
       --secret-file "$tmp/secret" >"$tmp/s.log" 2>&1 &
     standby_pid=$!
     "${prio[@]}" "$bin" run --volume "$tmp/A" --node a --primary --listen "127.0.0.1:$pa" \

@@ -319,10 +319,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
   run->add_option("--bitmap-keep-marked", raw.bitmap_keep_marked,
-                  "primary, mode flush: while writes keep coming, leave regions marked until more "
-                  "than this is marked (K, M, G); a busy volume then pays no extra flushes for "
-                  "cleaning, and a crash resyncs at most about this much more; an idle volume is "
-                  "cleaned whatever this says; 0 = clean every cycle (mode sync always does)")
+                  "primary: while writes keep coming, leave regions marked until more than this "
+                  "is marked (K, M, G); a busy volume then pays no metadata writes for marking "
+                  "regions again (nor, in mode flush, flushes for cleaning), and a crash resyncs "
+                  "at most about this much more; an idle volume is cleaned whatever this says; "
+                  "0 = clean every cycle")
       ->capture_default_str();
   run->add_option("--nice", raw.nice,
                   "CPU priority of the daemon and its threads, -20 (highest) to 19; e.g. -10 on a "

@@ -37,15 +37,13 @@ Replicator::~Replicator() { intent_log_.set_mark_ahead_allowed(nullptr); }
 
 void Replicator::Start() {
   CHECK(volume_ != nullptr);
-  // Mark ahead (1 MiB) only in mode flush with the peer in sync. There marked regions stay
-  // marked while the volume is busy anyway (see CleanLoop), so chunk-sized marks cost nothing
-  // more. Mode sync cleans every cycle: chunk-sized marks would there inflate what a crash or an
-  // outage starting now must resync (a scattered workload touches a chunk per write). While the
-  // peer is away the marks are exactly what its resync will copy, so they stay region-sized in
-  // either mode.
+  // Mark ahead (1 MiB) only with the peer in sync. Marked regions stay marked while the volume
+  // is busy anyway (see CleanLoop), so chunk-sized marks cost nothing more and spare a scattered
+  // workload a metadata write per region. While the peer is away the marks are exactly what its
+  // resync will copy, so they stay region-sized.
   intent_log_.set_mark_ahead_bytes(kMarkAheadBytes);
   intent_log_.set_mark_ahead_allowed([this] {
-    return volume_->mode() == Mode::kFlush && Streaming() && peer_disk_ == DiskState::kUpToDate;
+    return Streaming() && peer_disk_ == DiskState::kUpToDate;
   });
   connection_ = ConnectionState::kConnecting;
   asio::co_spawn(io_, DialLoop(), asio::detached);
@@ -648,10 +646,10 @@ asio::awaitable<void> Replicator::CleanLoop() {
     if (stopping_) {
       break;
     }
-    // In mode sync every acknowledged write is durable on both already: the flush costs a round
-    // trip, so clean every cycle and keep what a standby outage or a crash resyncs small.
-    const bool worth_it = volume_->mode() == Mode::kSync ||
-                          !intent_log_.WrittenSinceBeginClean() ||
+    // While writes keep coming, cleaning would only make them mark their regions again, each
+    // new mark a metadata write the next write into the region waits for (in mode flush also a
+    // datasync on both disks for the cycle's flush): leave the regions marked, up to a bound.
+    const bool worth_it = !intent_log_.WrittenSinceBeginClean() ||
                           intent_log_.marked_bytes() > options_.keep_marked_bytes;
     // Not while a resync or verify runs: the blocks they mark must survive until copied.
     if (epoch == link_epoch_ && Streaming() && peer_disk_ == DiskState::kUpToDate &&

@@ -31,13 +31,15 @@
 // connected on the same link throughout, is UpToDate and no resync or verify runs, both copies
 // are flushed and the regions no write touched during the whole cycle are cleared. Regions
 // written at least once a cycle stay marked: a hot working set costs no metadata I/O.
-// The flush is the cost. In mode sync it is nearly free (every acknowledged write is durable on
-// both already), so every cycle cleans. In mode flush it is a real datasync on both disks, which
-// a client that never flushes would not otherwise pay, so a cycle cleans only if the volume was
-// idle through it (the flush is then cheap and everything unpinned clears) or if more than
-// `keep_marked_bytes` (4 GiB) is marked; otherwise the regions stay marked, like the extents of
-// DRBD's activity log. A crash of the primary, or of the standby, then resyncs at most about
-// that much plus what was written in the last cycle (and during the outage).
+// Cleaning has two costs: the flush (in mode flush a real datasync on both disks, which a client
+// that never flushes would not otherwise pay; in mode sync nearly free), and, for a busy volume,
+// the marks its next writes must set again, each a metadata write the write waits for. So in
+// either mode a cycle cleans only if the volume was idle through it (everything unpinned then
+// clears) or if more than `keep_marked_bytes` (4 GiB) is marked; otherwise the regions stay
+// marked, like the extents of DRBD's activity log. A crash of the primary, or of the standby,
+// then resyncs at most about that much plus what was written in the last cycle (and during the
+// outage). (Mode sync used to clean every cycle: a random 4 KiB QD1 load then waited for a
+// metadata write on ~600 of every 1000 writes; bench/RESULTS.md.)
 //
 // Loop thread only.
 

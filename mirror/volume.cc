@@ -257,7 +257,11 @@ Status Volume::Flush(nbd::DoneCallback done) {
   };
   auto state = std::make_shared<FlushState>();
   state->done = std::move(done);
-  state->peer_done = peer_ == nullptr;
+  // In mode sync every write replied to before this FLUSH was confirmed durable by the peer
+  // already (or recorded as degraded, its regions marked for resync): nothing is left for the
+  // peer to make durable, so the FLUSH does not wait a round trip for it.
+  const bool ask_peer = peer_ != nullptr && mode_ != Mode::kSync;
+  state->peer_done = !ask_peer;
   auto finish = [this, state, arrived] {
     if (!state->local_done || !state->peer_done) {
       return;
@@ -276,7 +280,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
     state->local_done = true;
     finish();
   });
-  if (peer_ != nullptr) {
+  if (ask_peer) {
     peer_->ReplicateFlush([this, state, finish, arrived](PeerOutcome outcome) {
       if (outcome == PeerOutcome::kConfirmed) {
         stats_.flush_peer.Record(MicrosSince(arrived));

@@ -24,9 +24,11 @@
 //                        and the connection gets `done`, which sends the NBD reply.
 //
 // A failed local write, or a bitmap that cannot be persisted, fails the request with EIO. A failed peer never fails a client's write.
-// FLUSH is a local group-committed datasync plus a Flush to the peer; it replies when both are
-// done, so every write replied to before it is durable on both hosts, whichever connection it
-// came from (this is what CAN_MULTI_CONN promises).
+// FLUSH in mode flush is a local group-committed datasync plus a Flush to the peer; it replies
+// when both are done, so every write replied to before it is durable on both hosts, whichever
+// connection it came from (this is what CAN_MULTI_CONN promises). In mode sync every write was
+// durable on both before its reply, so a FLUSH asks the peer nothing: it only waits for a local
+// datasync if a failed write may have left something unsynced (GroupCommit skips it otherwise).
 //
 // Reads go straight to the local store; NBD does not order reads against in-flight writes.
 //

@@ -160,7 +160,7 @@ run_mode() {  # run_mode MODE [DAEMON_FLAGS...]
     nm_fail "modify_us ${total} should cover modify_peer_us ${peer_us} and modify_local_us ${local_us}"
   ((flushes >= 1)) || nm_fail "no FLUSH counted in flush_done (nbdcopy --flush sends one)"
   # The standby's side: it applied (at least) every write the primary saw confirmed, and every
-  # confirmed flush (it also applied the initial sync's blocks).
+  # confirmed flush (it also applied the initial sync's blocks and clean cycles' flushes).
   local applied applied_us applied_flushes peer_flushes
   applied=$(nm_status_field "$b" apply_done)
   applied_us=$(nm_status_field "$b" apply_us)
@@ -168,8 +168,14 @@ run_mode() {  # run_mode MODE [DAEMON_FLAGS...]
   peer_flushes=$(nm_status_field "$a" flush_peer_done)
   ((applied >= peer_done && applied_us > 0)) ||
     nm_fail "standby apply_done ${applied} (apply_us ${applied_us}) < primary modify_peer_done ${peer_done}"
-  ((peer_flushes >= 1 && applied_flushes >= peer_flushes)) ||
+  ((applied_flushes >= peer_flushes)) ||
     nm_fail "standby apply_flush_done ${applied_flushes} < primary flush_peer_done ${peer_flushes}"
+  # Mode flush sends each FLUSH to the peer; mode sync none (its writes were durable on both).
+  if [[ $mode == flush ]]; then
+    ((peer_flushes >= 1)) || nm_fail "mode flush: no FLUSH confirmed by the peer"
+  else
+    ((peer_flushes == 0)) || nm_fail "mode sync: ${peer_flushes} FLUSHes went to the peer"
+  fi
   nm_log "mode ${mode}: ${n_done} writes, mean $((total / n_done)) us of which the peer's part" \
     "$((peer_us / peer_done)) us, local $((local_us / n_done)) us (latency counters)"
   [[ $(nm_count_in_log "$primary_log" "peer b lost") == 0 ]] ||

@@ -110,6 +110,42 @@ TEST_F(MirroredVolumeTest, FlushWaitsForBothSides) {
   EXPECT_TRUE(flushed);
 }
 
+TEST_F(MirroredVolumeTest, SyncFlushAsksThePeerNothing) {
+  // Every write replied to in mode sync is durable on both already: the FLUSH that covers it
+  // needs no round trip, and no datasync either.
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  auto data = Bytes(4096, 9);
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { replied = st.ok(); }).ok());
+  store_.CompleteAll();
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(replied);
+  const uint64_t datasyncs = store_.datasyncs_submitted();
+  bool flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  EXPECT_TRUE(peer_.ops.empty()) << "a sync-mode FLUSH was sent to the peer";
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+  EXPECT_EQ(store_.datasyncs_submitted(), datasyncs);
+}
+
+TEST_F(MirroredVolumeTest, SyncFlushAfterAFailedWriteSyncsLocally) {
+  // A failed write may have left part of itself unsynced (a buffered fallback store): the next
+  // FLUSH still datasyncs locally, and still fails if that datasync fails.
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  auto data = Bytes(4096, 10);
+  base::Status result;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { result = st; }).ok());
+  ASSERT_TRUE(store_.FailOldest(EIO));
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return !result.ok(); }));
+  bool flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  EXPECT_TRUE(peer_.ops.empty());
+  EXPECT_FALSE(flushed);
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+}
+
 TEST_F(MirroredVolumeTest, DegradedPeerNeverFailsAWrite) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(512, 5);
