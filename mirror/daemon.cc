@@ -304,6 +304,8 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("apply_flush_us", as.apply_flush.sum_us());
     num("apply_p50_us", node.applier->RecentApplyQuantile(0.5));
     num("apply_p99_us", node.applier->RecentApplyQuantile(0.99));
+    num("datasyncs", node.applier->group_commit().datasync_count());
+    num("sync_ahead_datasyncs", node.applier->group_commit().sync_ahead_count());
   }
   text("connection", connection);
   text("peer_disk", peer_disk);
@@ -343,6 +345,7 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("degraded_writes", s.degraded_writes);
     num("errors", s.errors);
     num("datasyncs", node.volume->group_commit().datasync_count());
+    num("sync_ahead_datasyncs", node.volume->group_commit().sync_ahead_count());
     num("modify_done", s.modify.count());
     num("modify_us", s.modify.sum_us());
     num("modify_queue_us", s.modify_queue_us);
@@ -427,6 +430,8 @@ constexpr MetricOfField kMetricsOfFields[] = {
     {"errors", "nbdmirror_errors_total", true, 1, "Requests that failed with an I/O error."},
     {"datasyncs", "nbdmirror_datasyncs_total", true, 1,
      "Group-committed datasyncs of the local copy."},
+    {"sync_ahead_datasyncs", "nbdmirror_sync_ahead_datasyncs_total", true, 1,
+     "Of those, started ahead of an expected FLUSH (the client flushes after every few writes)."},
     {"modify_queue_us", "nbdmirror_write_queue_seconds_total", true, 1e-6,
      "Time modifying requests waited for an overlapping write and their bitmap mark."},
     {"modify_local_us", "nbdmirror_write_local_seconds_total", true, 1e-6,

@@ -6,6 +6,26 @@ namespace mirror {
 
 using base::Status;
 
+void GroupCommit::NoteWriteCompleted(bool may_sync_ahead) {
+  ++completed_writes_;
+  ++writes_since_flush_;
+  if (may_sync_ahead && !syncing_ && !failed() && FlushExpected()) {
+    ++sync_ahead_count_;
+    StartDatasync();
+  }
+}
+
+bool GroupCommit::FlushExpected() const {
+  return writes_per_flush_ != 0 && writes_per_flush_ <= kSyncAheadMaxWrites &&
+         writes_since_flush_ >= writes_per_flush_ && Clock::now() - last_flush_ < kSyncAheadWindow;
+}
+
+void GroupCommit::NoteFlush() {
+  writes_per_flush_ = writes_since_flush_;
+  writes_since_flush_ = 0;
+  last_flush_ = Clock::now();
+}
+
 void GroupCommit::RequestDurable(StoreDone done) {
   if (failed()) {
     asio::post(io_, [done = std::move(done), failure = failure_] {

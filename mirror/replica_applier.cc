@@ -149,6 +149,9 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
       return;
     }
     seq = message.seq();
+    // Mostly the primary's clients' FLUSHes; a resync batch's or a clean cycle's flush only
+    // makes one guess of the pattern wrong.
+    group_commit_.NoteFlush();
   }
   ++stats_.flushes;
   ++stats_.ops_in_flight;
@@ -194,7 +197,7 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
 void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,
                             base::SteadyTime arrived) {
   if (status.ok()) {
-    group_commit_.NoteWriteCompleted();
+    group_commit_.NoteWriteCompleted(/*may_sync_ahead=*/!durable && stats_.ops_in_flight == 1);
   }
   if (!status.ok() || !durable) {
     base::RecordSince(arrived, stats_.apply, recent_apply_);

@@ -65,6 +65,7 @@ class ReplicaApplier final : public transport::FrameHandler {
   }
   const std::string& primary_node_id() const { return primary_node_id_; }
   bool disk_failed() const { return group_commit_.failed(); }
+  const GroupCommit& group_commit() const { return group_commit_; }
 
  private:
   using WeakLink = std::weak_ptr<transport::PeerConnection>;

@@ -201,7 +201,8 @@ void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status s
     MaybeFinish(write);
     return;
   }
-  group_commit_.NoteWriteCompleted();
+  group_commit_.NoteWriteCompleted(
+      /*may_sync_ahead=*/!write->durable && stats_.writes_in_flight == 1);
   if (!write->durable) {
     write->local_done = true;
     stats_.modify_local_us += MicrosSince(write->fanned_out);
@@ -274,6 +275,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
     }
     cb(std::move(state->local_status));
   };
+  group_commit_.NoteFlush();
   group_commit_.RequestDurable([this, state, finish, arrived](Status st) {
     stats_.flush_local_us += MicrosSince(arrived);
     state->local_status = std::move(st);

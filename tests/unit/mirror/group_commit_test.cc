@@ -1,6 +1,7 @@
 // Proves group commit: one datasync serves every waiter whose writes it covers, a running
-// datasync never answers for writes completed after it started, and a failed datasync is never
-// followed by a reported success.
+// datasync never answers for writes completed after it started, a failed datasync is never
+// followed by a reported success, and a datasync started ahead of an expected FLUSH serves it
+// only for what it covers.
 
 #include "mirror/group_commit.h"
 
@@ -83,6 +84,106 @@ TEST_F(GroupCommitTest, FailedDatasyncFailsEveryLaterRequestToo) {
   ASSERT_EQ(results.size(), 2u);
   EXPECT_EQ(results[1], EIO);
   EXPECT_EQ(store_.datasyncs_submitted(), 1);
+}
+
+// A client that wrote once and flushed: the next lone write completing starts the datasync.
+class SyncAheadTest : public GroupCommitTest {
+ protected:
+  void WriteThenFlush() {
+    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+    commit_.NoteFlush();
+    bool flushed = false;
+    commit_.RequestDurable([&](base::Status st) { flushed = st.ok(); });
+    store_.CompleteAll();
+    testing_support::Drain(io_);
+    ASSERT_TRUE(flushed);
+  }
+};
+
+TEST_F(SyncAheadTest, AFlushAfterEachWriteIsAnticipatedAndJoinsTheEarlyDatasync) {
+  WriteThenFlush();
+  const uint64_t before = store_.datasyncs_submitted();
+  EXPECT_EQ(commit_.sync_ahead_count(), 0u) << "the first write had no pattern to go by";
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  EXPECT_EQ(store_.datasyncs_submitted(), before + 1) << "no datasync ahead of the FLUSH";
+  EXPECT_EQ(commit_.sync_ahead_count(), 1u);
+  commit_.NoteFlush();
+  bool flushed = false;
+  commit_.RequestDurable([&](base::Status st) { flushed = st.ok(); });
+  EXPECT_EQ(store_.datasyncs_submitted(), before + 1) << "the FLUSH did not join the early one";
+  EXPECT_FALSE(flushed);
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
+  EXPECT_TRUE(flushed);
+}
+
+TEST_F(SyncAheadTest, AnEarlyDatasyncDoesNotAnswerForAWriteCompletedAfterIt) {
+  WriteThenFlush();
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);  // Starts one ahead.
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/false);  // Completes while it runs.
+  commit_.NoteFlush();
+  bool flushed = false;
+  commit_.RequestDurable([&](base::Status st) { flushed = st.ok(); });
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
+  testing_support::Drain(io_);
+  EXPECT_FALSE(flushed) << "answered by a datasync that started before its last write completed";
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
+  EXPECT_TRUE(flushed);
+}
+
+TEST_F(SyncAheadTest, NotWhenTheCallerSaysNo) {
+  WriteThenFlush();
+  const uint64_t before = store_.datasyncs_submitted();
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/false);
+  EXPECT_EQ(store_.datasyncs_submitted(), before);
+  EXPECT_EQ(commit_.sync_ahead_count(), 0u);
+}
+
+TEST_F(SyncAheadTest, NotForClientsThatNeverOrRarelyFlush) {
+  for (int i = 0; i < 100; ++i) {
+    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  }
+  EXPECT_EQ(store_.datasyncs_submitted(), 0) << "a client that never flushed";
+  commit_.NoteFlush();  // After 100 writes: more than kSyncAheadMaxWrites.
+  commit_.RequestDurable([](base::Status) {});
+  store_.CompleteAll();
+  const uint64_t before = store_.datasyncs_submitted();
+  for (uint64_t i = 0; i < 2 * GroupCommit::kSyncAheadMaxWrites; ++i) {
+    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  }
+  EXPECT_EQ(store_.datasyncs_submitted(), before);
+  EXPECT_EQ(commit_.sync_ahead_count(), 0u);
+}
+
+TEST_F(SyncAheadTest, AClientThatFlushesEveryFourWritesIsAnticipatedAtTheFourth) {
+  for (int i = 0; i < 4; ++i) {
+    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  }
+  commit_.NoteFlush();
+  commit_.RequestDurable([](base::Status) {});
+  store_.CompleteAll();
+  const uint64_t before = store_.datasyncs_submitted();
+  for (int i = 0; i < 3; ++i) {
+    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  }
+  EXPECT_EQ(store_.datasyncs_submitted(), before) << "synced ahead before the fourth write";
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  EXPECT_EQ(store_.datasyncs_submitted(), before + 1);
+}
+
+TEST_F(SyncAheadTest, NeverAfterAFailedDatasync) {
+  WriteThenFlush();
+  store_.set_fail_datasync(true);
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);  // Ahead; fails.
+  store_.CompleteAll();
+  ASSERT_TRUE(commit_.failed());
+  const uint64_t before = store_.datasyncs_submitted();
+  commit_.NoteFlush();
+  int result = 0;
+  commit_.RequestDurable([&](base::Status st) { result = st.errno_value(); });
+  testing_support::Drain(io_);
+  EXPECT_EQ(result, EIO) << "the FLUSH after a failed early datasync must fail";
+  commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  EXPECT_EQ(store_.datasyncs_submitted(), before);
 }
 
 }  // namespace

@@ -146,6 +146,61 @@ TEST_F(MirroredVolumeTest, SyncFlushAfterAFailedWriteSyncsLocally) {
   ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
 }
 
+// Runs one FLUSH through `volume` to its reply, answering the peer's part if it has one.
+void FlushToTheEnd(asio::io_context& io, Volume& volume, FakeStore& store, FakePeerLink& peer) {
+  bool flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  store.CompleteAll();
+  if (!peer.ops.empty()) {
+    peer.Answer(PeerOutcome::kConfirmed);
+  }
+  ASSERT_TRUE(testing_support::RunUntil(io, [&] { return flushed; }));
+}
+
+TEST_F(MirroredVolumeTest, SyncsAheadOnlyForALoneWriteOfAClientThatFlushes) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(4096, 11);
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  store_.CompleteAll();
+  peer_.Answer(PeerOutcome::kConfirmed);
+  FlushToTheEnd(io_, volume, store_, peer_);  // The client flushes after each write.
+  // Two writes in flight: neither local completion may start a datasync ahead.
+  uint64_t before = store_.datasyncs_submitted();
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  EXPECT_EQ(store_.datasyncs_submitted(), before) << "synced ahead with another write in flight";
+  peer_.Answer(PeerOutcome::kConfirmed);
+  peer_.Answer(PeerOutcome::kConfirmed);
+  FlushToTheEnd(io_, volume, store_, peer_);  // Now it flushes after two writes.
+  // Alone in flight, but the first of two: no; the second: yes.
+  before = store_.datasyncs_submitted();
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  EXPECT_EQ(store_.datasyncs_submitted(), before);
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  EXPECT_EQ(store_.datasyncs_submitted(), before + 1) << "no datasync ahead of the expected FLUSH";
+  EXPECT_EQ(volume.group_commit().sync_ahead_count(), 1u);
+}
+
+TEST_F(MirroredVolumeTest, SyncModeWritesStartTheirOwnDatasyncNotOneAhead) {
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  auto data = Bytes(4096, 12);
+  for (int i = 0; i < 3; ++i) {
+    bool replied = false;
+    ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { replied = st.ok(); }).ok());
+    store_.CompleteAll();
+    peer_.Answer(PeerOutcome::kConfirmed);
+    ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return replied; }));
+    FlushToTheEnd(io_, volume, store_, peer_);
+  }
+  EXPECT_EQ(store_.datasyncs_submitted(), 3);
+  EXPECT_EQ(volume.group_commit().sync_ahead_count(), 0u);
+}
+
 TEST_F(MirroredVolumeTest, DegradedPeerNeverFailsAWrite) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(512, 5);
