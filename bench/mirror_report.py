@@ -68,7 +68,7 @@ LATENCY_MEANS = {"write_ms": ("modify_us", "modify_done"),
 # The targets. Ratios are of medians.
 GOAL_QD32_MIN = 0.7        # mirror-flush / standalone IOPS, w4k_qd32
 GOAL_DURABLE_MAX = 1.5     # mirror-sync / standalone durable write latency, w4k_qd1_flush
-GOAL_PGBENCH_MIN = 1.0     # pgbench TPS, mirror-sync / streaming replication
+GOAL_PGBENCH_MIN = 1.0     # pgbench TPS, mirror-sync and mirror-flush / streaming replication
 
 
 def fio_figures(fio):
@@ -329,13 +329,16 @@ def collect(out_dir):
         "value": value, "unit": "x", "bound": GOAL_DURABLE_MAX,
         "pass": None if value is None else value <= GOAL_DURABLE_MAX,
     })
-    value = pg_ratios["mirror-sync/streaming"]
-    goals.append({
-        "name": f"pgbench TPS: mirrored volume (sync) >= {GOAL_PGBENCH_MIN}x PostgreSQL "
-                "synchronous streaming replication",
-        "value": value, "unit": "x", "bound": GOAL_PGBENCH_MIN,
-        "pass": None if value is None else value >= GOAL_PGBENCH_MIN,
-    })
+    # Issue 3 names no mode: both give PostgreSQL the same guarantee (it flushes what it needs
+    # durable), and the README recommends flush for it, so both are reported.
+    for mode in ("sync", "flush"):
+        value = pg_ratios[f"mirror-{mode}/streaming"]
+        goals.append({
+            "name": f"pgbench TPS: mirrored volume ({mode}) >= {GOAL_PGBENCH_MIN}x PostgreSQL "
+                    "synchronous streaming replication",
+            "value": value, "unit": "x", "bound": GOAL_PGBENCH_MIN,
+            "pass": None if value is None else value >= GOAL_PGBENCH_MIN,
+        })
     limit = float(meta.get("mem_limit_mib", 64))
     for side in ("primary", "standby"):
         hwm = [r[key] for r in runs for key in (f"{side}_hwm_mib", f"{side}_hwm_setup_mib")
