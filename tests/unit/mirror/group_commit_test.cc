@@ -86,17 +86,26 @@ TEST_F(GroupCommitTest, FailedDatasyncFailsEveryLaterRequestToo) {
   EXPECT_EQ(store_.datasyncs_submitted(), 1);
 }
 
-// A client that wrote once and flushed: the next lone write completing starts the datasync.
+// A client's writes and FLUSHes, as the volume reports them; WriteThenFlush leaves a client that
+// flushed after its one write, so the next lone write completing starts the datasync.
 class SyncAheadTest : public GroupCommitTest {
  protected:
-  void WriteThenFlush() {
-    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  void LoneWrites(int n) {
+    for (int i = 0; i < n; ++i) {
+      commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+    }
+  }
+  void FlushToTheEnd() {
     commit_.NoteFlush();
     bool flushed = false;
     commit_.RequestDurable([&](base::Status st) { flushed = st.ok(); });
     store_.CompleteAll();
     testing_support::Drain(io_);
     ASSERT_TRUE(flushed);
+  }
+  void WriteThenFlush() {
+    LoneWrites(1);
+    FlushToTheEnd();
   }
 };
 
@@ -139,34 +148,22 @@ TEST_F(SyncAheadTest, NotWhenTheCallerSaysNo) {
 }
 
 TEST_F(SyncAheadTest, NotForClientsThatNeverOrRarelyFlush) {
-  for (int i = 0; i < 100; ++i) {
-    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
-  }
+  LoneWrites(100);
   EXPECT_EQ(store_.datasyncs_submitted(), 0) << "a client that never flushed";
-  commit_.NoteFlush();  // After 100 writes: more than kSyncAheadMaxWrites.
-  commit_.RequestDurable([](base::Status) {});
-  store_.CompleteAll();
+  FlushToTheEnd();  // After 100 writes: more than kSyncAheadMaxWrites.
   const uint64_t before = store_.datasyncs_submitted();
-  for (uint64_t i = 0; i < 2 * GroupCommit::kSyncAheadMaxWrites; ++i) {
-    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
-  }
+  LoneWrites(2 * GroupCommit::kSyncAheadMaxWrites);
   EXPECT_EQ(store_.datasyncs_submitted(), before);
   EXPECT_EQ(commit_.sync_ahead_count(), 0u);
 }
 
 TEST_F(SyncAheadTest, AClientThatFlushesEveryFourWritesIsAnticipatedAtTheFourth) {
-  for (int i = 0; i < 4; ++i) {
-    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
-  }
-  commit_.NoteFlush();
-  commit_.RequestDurable([](base::Status) {});
-  store_.CompleteAll();
+  LoneWrites(4);
+  FlushToTheEnd();
   const uint64_t before = store_.datasyncs_submitted();
-  for (int i = 0; i < 3; ++i) {
-    commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
-  }
+  LoneWrites(3);
   EXPECT_EQ(store_.datasyncs_submitted(), before) << "synced ahead before the fourth write";
-  commit_.NoteWriteCompleted(/*may_sync_ahead=*/true);
+  LoneWrites(1);
   EXPECT_EQ(store_.datasyncs_submitted(), before + 1);
 }
 
