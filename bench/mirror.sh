@@ -47,6 +47,9 @@
 #   PG_VOLUME_SIZE=4G       size of the volumes under ext4 for PostgreSQL
 #   PG_VOLUME_ALLOC=sparse  sparse (truncate) or fallocate: how those volume files are created
 #   BENCH_DAEMON_NICE=      --nice for every nbdmirror daemon (e.g. -10); default: not given
+#   BENCH_PRIMARY_CPUS=     --cpu-affinity for the primary (and the standalone export), e.g. the
+#   BENCH_STANDBY_CPUS=     CPU taking the disk's interrupts (README, "CPU placement"); for the
+#                           standby; default: not given
 #   PG_STANDBY_DIR=         where the pgbench cases keep the standby's copy (the mirrored cases'
 #                           standby volume, the streaming case's standby data directory); default
 #                           beside the primary's. Other storage (e.g. /dev/shm) stands in for a
@@ -331,8 +334,9 @@ disk_stat=/sys/class/block/${parent:-$devname}/stat
 command_line=""
 for var in NBDMIRROR_BIN BENCH_RUNTIME BENCH_REPS BENCH_SIZE BENCH_JOBS BENCH_TARGETS \
   PGBENCH_SCALE PGBENCH_CLIENTS PGBENCH_THREADS PGBENCH_SECONDS PGBENCH_REPS PGBENCH_CASES \
-  PG_VOLUME_SIZE BENCH_INITIAL_SYNC BENCH_MEM_LIMIT_MIB BENCH_VERIFY BENCH_TMPDIR BENCH_OUT \
-  BENCH_PYTHON; do
+  PG_VOLUME_SIZE PG_VOLUME_ALLOC BENCH_INITIAL_SYNC BENCH_MEM_LIMIT_MIB BENCH_VERIFY BENCH_TMPDIR \
+  BENCH_OUT BENCH_PYTHON BENCH_DAEMON_NICE BENCH_PRIMARY_CPUS BENCH_STANDBY_CPUS PG_STANDBY_DIR \
+  BENCH_STANDBY_DIR; do
   if [[ -n ${!var+set} ]]; then
     command_line+="$var=$(printf '%q' "${!var}") "
   fi
@@ -388,6 +392,8 @@ jq -n \
   --arg pg_standby_dir "${PG_STANDBY_DIR:-}" \
   --arg fio_standby_dir "${BENCH_STANDBY_DIR:-}" \
   --arg daemon_nice "${BENCH_DAEMON_NICE:-}" \
+  --arg primary_cpus "${BENCH_PRIMARY_CPUS:-}" \
+  --arg standby_cpus "${BENCH_STANDBY_CPUS:-}" \
   --arg fs "$(findmnt -no FSTYPE -T "$tmp_parent" 2>/dev/null || stat -f -c %T "$tmp_parent")" \
   --arg device "$dev" \
   --arg lsblk "$(lsblk -o NAME,SIZE,ROTA,TYPE,MOUNTPOINTS 2>/dev/null || lsblk)" \
@@ -522,14 +528,16 @@ wait_in_sync() {
 # and sync_wait_s.
 start_volume() {
   local target=$1 volume=$2 standby_volume=$3 sock=$4 prefix=$5 skip=$6
-  local -a primary_cmd nice_args=()
+  local -a primary_cmd nice_args=() primary_cpu_args=() standby_cpu_args=()
   [[ -n ${BENCH_DAEMON_NICE:-} ]] && nice_args=(--nice "$BENCH_DAEMON_NICE")
+  [[ -n ${BENCH_PRIMARY_CPUS:-} ]] && primary_cpu_args=(--cpu-affinity "$BENCH_PRIMARY_CPUS")
+  [[ -n ${BENCH_STANDBY_CPUS:-} ]] && standby_cpu_args=(--cpu-affinity "$BENCH_STANDBY_CPUS")
   primary_pid="" standby_pid="" sync_wait_s=null
   rm -f -- "$sock"
   case $target in
     standalone)
       primary_cmd=("$nbdmirror_bin" run --volume "$volume" --node a --primary --nbd "unix:$sock"
-        "${nice_args[@]}")
+        "${nice_args[@]}" "${primary_cpu_args[@]}")
       ;;
     mirror-flush | mirror-sync)
       local port_a port_b
@@ -539,11 +547,11 @@ start_volume() {
       rm -f -- "$volume.nbdmirror-meta" "$standby_volume.nbdmirror-meta"
       start_daemon standby "$prefix.standby.log" "$nbdmirror_bin" run --volume "$standby_volume" \
         --node b --listen "127.0.0.1:$port_b" --peer "a=127.0.0.1:$port_a" --secret-file "$secret" \
-        "${nice_args[@]}"
+        "${nice_args[@]}" "${standby_cpu_args[@]}"
       standby_pid=$daemon_pid
       primary_cmd=("$nbdmirror_bin" run --volume "$volume" --node a --primary
         --listen "127.0.0.1:$port_a" --peer "b=127.0.0.1:$port_b" --secret-file "$secret"
-        --nbd "unix:$sock" --mode "${target#mirror-}" "${nice_args[@]}")
+        --nbd "unix:$sock" --mode "${target#mirror-}" "${nice_args[@]}" "${primary_cpu_args[@]}")
       ((skip)) && primary_cmd+=(--skip-initial-sync)
       ;;
   esac

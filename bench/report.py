@@ -257,6 +257,7 @@ def markdown(results):
         f"- {meta['reps']} repetitions of {meta['runtime_s']} s (+2 s ramp) per job and target;"
         " medians shown",
         f"- load average at start: {meta['loadavg_start']}; at end: {meta.get('loadavg_end', '?')}",
+        f"- servers' CPUs: {meta.get('server_cpus', 'inherited')}",
         "",
         "## IOPS (median) and ratios",
         "",

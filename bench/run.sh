@@ -27,6 +27,9 @@
 #   BENCH_OUT=bench/out    parent of the timestamped output directory
 #   NBDMIRROR_BIN=build/nbdmirror  the binary under test (copied before the run starts)
 #   BENCH_PYTHON=python3   a Python with matplotlib (default: the first of python3, /usr/bin/python3)
+#   BENCH_SERVER_CPUS=""   CPU list for both servers alike: nbdmirror gets `--cpu-affinity LIST`,
+#                          nbdkit runs under `taskset -c LIST`; fio is left alone. For a disk whose
+#                          completions arrive on one CPU (see README, "CPU placement")
 #
 # Needs root (drop_caches), fio with the nbd and io_uring engines, nbdkit, nbdinfo, jq, python3
 # with matplotlib. Uses unix sockets only. Kills what it started, by PID, on exit or Ctrl-C.
@@ -41,6 +44,7 @@ read -r -a target_names <<<"${BENCH_TARGETS:-nbdmirror nbdkit nbdkit-nocache raw
 nbdmirror_src=${NBDMIRROR_BIN:-$here/../build/nbdmirror}
 tmp_parent=${BENCH_TMPDIR:-/var/tmp}
 out_parent=${BENCH_OUT:-$here/out}
+server_cpus=${BENCH_SERVER_CPUS:-}
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -151,7 +155,7 @@ git_dir=$here/..
 # The command as it could be typed again: the settings that were given, then the script.
 command_line=""
 for var in NBDMIRROR_BIN BENCH_RUNTIME BENCH_REPS BENCH_SIZE BENCH_JOBS BENCH_TARGETS \
-  BENCH_TMPDIR BENCH_OUT BENCH_PYTHON; do
+  BENCH_TMPDIR BENCH_OUT BENCH_PYTHON BENCH_SERVER_CPUS; do
   if [[ -n ${!var:-} ]]; then
     command_line+="$var=$(printf '%q' "${!var}") "
   fi
@@ -184,6 +188,7 @@ jq -n \
   --arg write_cache "$(read_sys "$queue/write_cache")" \
   --arg rotational "$(read_sys "$queue/rotational")" \
   --arg loadavg_start "$(cat /proc/loadavg)" \
+  --arg server_cpus "${server_cpus:-inherited}" \
   '$ARGS.named' >"$out/meta.json"
 
 # ---- backing files --------------------------------------------------------------------------
@@ -253,9 +258,12 @@ run_one() {
   local -a server_cmd=() target_args=()
   local fsync=1 fdatasync=0
   case $target in
-    nbdmirror) server_cmd=("$nbdmirror_bin" run --volume "$tmp/A" --primary --nbd "unix:$sock") ;;
-    nbdkit) server_cmd=(nbdkit --exit-with-parent -f -U "$sock" file "$tmp/B") ;;
-    nbdkit-nocache) server_cmd=(nbdkit --exit-with-parent -f -U "$sock" file "$tmp/B" cache=none) ;;
+    nbdmirror) server_cmd=("$nbdmirror_bin" run --volume "$tmp/A" --primary --nbd "unix:$sock"
+      ${server_cpus:+--cpu-affinity "$server_cpus"}) ;;
+    nbdkit) server_cmd=(${server_cpus:+taskset -c "$server_cpus"} nbdkit --exit-with-parent -f
+      -U "$sock" file "$tmp/B") ;;
+    nbdkit-nocache) server_cmd=(${server_cpus:+taskset -c "$server_cpus"} nbdkit
+      --exit-with-parent -f -U "$sock" file "$tmp/B" cache=none) ;;
     raw) ;;
   esac
   if ((${#server_cmd[@]})); then
