@@ -270,7 +270,7 @@ std::vector<StatusField> StatusFields(const Node& node) {
     text("sync_refusal", r.sync_refusal());
     num("resync_rate_bytes_per_s", static_cast<uint64_t>(p.rate_bytes_per_s));
     num("resync_eta_s", static_cast<uint64_t>(p.eta_s + 0.5));
-    num("resynced_bytes_total", r.resynced_bytes_total() + (p.running ? p.done_bytes : 0));
+    num("resynced_bytes_total", r.resynced_bytes_total());
     if (const VerifyProgress* v = r.verify()) {
       fields.push_back({"verify_running", v->running ? "true" : "false", false});
       fields.push_back({"verify_finished", v->finished ? "true" : "false", false});

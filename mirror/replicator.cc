@@ -436,14 +436,20 @@ void Replicator::StartResync() {
   // The callback holds the Resync itself: a cancelled resync must live until its last block
   // comes back (one may still wait for a range lock or a read when the next connection
   // replaces resync_). Dropping this self-reference brings back a use-after-free.
+  // Weak: the tally must not keep a finished resync alive (it settles it in the callback).
+  std::weak_ptr<Resync> counted = resync;
+  resync_tally_.Started(resync.get(), [counted] {
+    auto r = counted.lock();
+    return r ? r->progress().done_bytes : 0;
+  });
   resync->Start([this, resync](bool complete) {
     resync_progress_ = resync->progress();
+    resync_tally_.Finished(resync.get());
     OnResyncFinished(complete);
   });
 }
 
 void Replicator::OnResyncFinished(bool complete) {
-  resynced_bytes_total_ += resync_progress_.done_bytes;
   if (!complete || !Streaming()) {
     spdlog::warn("resync to {} interrupted at {} of {} bytes", options_.peer_node_id,
                  resync_progress_.done_bytes, resync_progress_.total_bytes);

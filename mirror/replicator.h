@@ -56,6 +56,7 @@
 #include "mirror/metadata.h"
 #include "mirror/peer_link.h"
 #include "mirror/resync.h"
+#include "mirror/resync_tally.h"
 #include "mirror/verifier.h"
 #include "mirror/volume.h"
 #include "mirror/write_intent_log.h"
@@ -135,7 +136,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   // it was not), and the kind of the last sync decision ("" before the first).
   const std::string& sync_refusal() const { return sync_refusal_; }
   const std::string& last_sync_kind() const { return last_sync_kind_; }
-  uint64_t resynced_bytes_total() const { return resynced_bytes_total_; }
+  // Bytes copied by every resync of this run, running ones included; never decreases.
+  uint64_t resynced_bytes_total() const { return resync_tally_.total(); }
   // True when every write since the start of this connection reached the peer, the peer is
   // UpToDate, and nothing is in flight: what a clean shutdown may record.
   bool PeerInSync() const;
@@ -201,7 +203,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   bool cleaning_ = false;
   std::string sync_refusal_;
   std::string last_sync_kind_;
-  uint64_t resynced_bytes_total_ = 0;
+  ResyncTally resync_tally_;
   std::unique_ptr<base::AsyncEvent> link_closed_;
   bool stopping_ = false;
   bool shutting_down_ = false;
