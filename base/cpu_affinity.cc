@@ -94,16 +94,16 @@ Status ApplyCpuAffinity(const std::set<int>& cpus) {
   if (::sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
     return Status::FromErrno("sched_getaffinity");
   }
-  std::set<int> usable;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (CPU_ISSET(cpu, &allowed)) {
-      usable.insert(cpu);
-    }
-  }
   cpu_set_t wanted;
   CPU_ZERO(&wanted);
   for (int cpu : cpus) {
-    if (cpu >= CPU_SETSIZE || !usable.contains(cpu)) {
+    if (cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed)) {
+      std::set<int> usable;
+      for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &allowed)) {
+          usable.insert(c);
+        }
+      }
       return Status::Error(EINVAL, "CPU " + std::to_string(cpu) +
                                        " is not available to this process (it may use " +
                                        FormatCpuList(usable) + ")");

@@ -433,15 +433,16 @@ void Replicator::StartResync() {
   resync_ = resync;
   spdlog::info("resync to {}: {} bytes marked", options_.peer_node_id,
                intent_log_.marked_bytes());
-  // The callback holds the Resync itself: a cancelled resync must live until its last block
-  // comes back (one may still wait for a range lock or a read when the next connection
-  // replaces resync_). Dropping this self-reference brings back a use-after-free.
-  // Weak: the tally must not keep a finished resync alive (it settles it in the callback).
+  // Counted live until the callback below settles it. Weak: the callback's own reference is
+  // the one that keeps the Resync alive until then.
   std::weak_ptr<Resync> counted = resync;
   resync_tally_.Started(resync.get(), [counted] {
     auto r = counted.lock();
     return r ? r->progress().done_bytes : 0;
   });
+  // The callback holds the Resync itself: a cancelled resync must live until its last block
+  // comes back (one may still wait for a range lock or a read when the next connection
+  // replaces resync_). Dropping this self-reference brings back a use-after-free.
   resync->Start([this, resync](bool complete) {
     resync_progress_ = resync->progress();
     resync_tally_.Finished(resync.get());

@@ -63,7 +63,7 @@ refused() {
   grep -q -- "$message" "$NM_TMP/refused.log" ||
     { cat "$NM_TMP/refused.log" >&2; nm_fail "--cpu-affinity '${list}': no '${message}' in the output"; }
   local left
-  left=$(find "$NM_TMP" -maxdepth 1 -name 'fresh.img?*' -o -maxdepth 1 -name 'fresh.sock')
+  left=$(find "$NM_TMP" -maxdepth 1 \( -name 'fresh.img?*' -o -name fresh.sock \))
   [[ -z $left ]] || nm_fail "--cpu-affinity '${list}' was refused but left ${left}"
   nm_log "--cpu-affinity '${list}' refused: $(grep -o -- "--cpu-affinity.*" "$NM_TMP/refused.log" | head -1)"
 }
