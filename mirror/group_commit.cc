@@ -17,13 +17,13 @@ void GroupCommit::NoteWriteCompleted(bool may_sync_ahead) {
 
 bool GroupCommit::FlushExpected() const {
   return writes_per_flush_ != 0 && writes_per_flush_ <= kSyncAheadMaxWrites &&
-         writes_since_flush_ >= writes_per_flush_ && Clock::now() - last_flush_ < kSyncAheadWindow;
+         writes_since_flush_ >= writes_per_flush_ && now_() - last_flush_ < kSyncAheadWindow;
 }
 
 void GroupCommit::NoteFlush() {
   writes_per_flush_ = writes_since_flush_;
   writes_since_flush_ = 0;
-  last_flush_ = Clock::now();
+  last_flush_ = now_();
 }
 
 void GroupCommit::RequestDurable(StoreDone done) {

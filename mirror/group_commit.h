@@ -53,8 +53,12 @@ class GroupCommit {
   uint64_t datasync_count() const { return datasync_count_; }
   uint64_t sync_ahead_count() const { return sync_ahead_count_; }
 
- private:
+  // The clock syncing ahead reads (kSyncAheadWindow); a simulation gives its own, so that a
+  // schedule replays the same whatever the speed of the machine running it.
   using Clock = std::chrono::steady_clock;
+  void SetClock(std::function<Clock::time_point()> now) { now_ = std::move(now); }
+
+ private:
   bool FlushExpected() const;
   void StartDatasync();
   void OnDatasyncDone(base::Status status);
@@ -75,6 +79,7 @@ class GroupCommit {
   uint64_t writes_since_flush_ = 0;
   uint64_t writes_per_flush_ = 0;
   Clock::time_point last_flush_;
+  std::function<Clock::time_point()> now_ = [] { return Clock::now(); };
 };
 
 }  // namespace mirror

@@ -45,7 +45,9 @@
 // a failing datasync (GroupCommit then fails the disk for good, and a schedule that must heal
 // cannot), a failing metadata disk, the wire encoding, checksums and authentication (covered
 // by unit and fuzz tests; a bad frame is a cut here), heartbeats and timers (no time passes:
-// the resync is unlimited, the clean interval is "whenever the schedule picks it"), verify,
+// the resync is unlimited, the clean interval is "whenever the schedule picks it"; the one
+// clock the engine reads for a decision, GroupCommit's sync-ahead window, is virtual here:
+// kStepTime per step, whatever the machine's speed), verify,
 // and the secondary's own write-intent bitmap (it only has marks from a time it was primary).
 // Generations come from NewGeneration (random), but only their equality matters and the trace
 // names them g1, g2, ...: a replayed seed takes the same path and prints the same trace.
@@ -58,6 +60,7 @@
 
 #include "tests/sim/mirror_sim.h"
 
+#include <chrono>
 #include <deque>
 #include <map>
 #include <memory>
@@ -416,6 +419,12 @@ class World {
   // For the engine models.
   Wire& wire() { return wire_; }
   void Trace(const std::string& line) { trace_.push_back(std::to_string(step_) + ": " + line); }
+  // The simulation's time: kStepTime per step, so GroupCommit's 1 s sync-ahead window opens and
+  // closes at the same steps in every run of a seed.
+  static constexpr std::chrono::milliseconds kStepTime{20};
+  mirror::GroupCommit::Clock::time_point VirtualNow() const {
+    return mirror::GroupCommit::Clock::time_point{} + step_ * kStepTime;
+  }
   std::mt19937_64& rng() { return rng_; }
   void SendAck(uint64_t wire, uint64_t seq, int error) {
     if (wire_.open && wire_.id == wire) {
@@ -862,6 +871,7 @@ void World::StartPrimary() {
   engine->volume = std::make_unique<mirror::Volume>(*engine->io, primary_data_, engine->link.get(),
                                                     mode_, engine->log.get());
   engine->link->SetVolume(engine->volume.get());
+  engine->volume->group_commit().SetClock([this] { return VirtualNow(); });
   primary_ = std::move(engine);
   Trace("A starts: " + GensText(pmd_.gens) + ", " +
         std::to_string(primary_->log->marked_regions()) + " regions marked" +
@@ -872,6 +882,7 @@ void World::CrashPrimary() {
   CheckFailover();
   ++result_.primary_crashes;
   result_.cleared_regions += primary_->link->cleared_regions();
+  result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
   Cut("primary crashed", /*primary_notices=*/false, /*prefix_arrives=*/true);
   Trace(primary_data_.Crash(rng_));
   Trace(primary_meta_.Crash(rng_));
@@ -1329,6 +1340,16 @@ ScheduleResult World::Run() {
   result_.resyncs = resyncs;
   result_.resync_holes = resync_holes;
   result_.cleared_regions += primary_->link->cleared_regions();
+  result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
+  // FNV-1a over the whole trace: two runs of a seed must take the same path, line for line.
+  result_.trace_hash = 1469598103934665603ull;
+  for (const std::string& line : trace_) {
+    for (const char c : line) {
+      result_.trace_hash = (result_.trace_hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    }
+    result_.trace_hash = (result_.trace_hash ^ '\n') * 1099511628211ull;
+  }
+  result_.trace_lines = trace_.size();
   if (!failure_.empty()) {
     result_.ok = false;
     result_.failure = Report();

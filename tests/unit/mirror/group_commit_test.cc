@@ -167,6 +167,23 @@ TEST_F(SyncAheadTest, AClientThatFlushesEveryFourWritesIsAnticipatedAtTheFourth)
   EXPECT_EQ(store_.datasyncs_submitted(), before + 1);
 }
 
+// The pattern holds for kSyncAheadWindow after the last FLUSH, read from the clock the caller
+// gives (the simulation's virtual one, here a hand-moved one): a client that went quiet for
+// longer may have stopped flushing, so its next lone write waits for a FLUSH to ask.
+TEST_F(SyncAheadTest, OnlyWithinTheWindowAfterTheLastFlush) {
+  GroupCommit::Clock::time_point now{};
+  commit_.SetClock([&now] { return now; });
+  WriteThenFlush();
+  now += GroupCommit::kSyncAheadWindow + std::chrono::milliseconds(1);
+  const uint64_t before = store_.datasyncs_submitted();
+  LoneWrites(1);
+  EXPECT_EQ(store_.datasyncs_submitted(), before) << "synced ahead after the window closed";
+  FlushToTheEnd();  // The pattern again, with a fresh window.
+  now += GroupCommit::kSyncAheadWindow - std::chrono::milliseconds(1);
+  LoneWrites(1);
+  EXPECT_EQ(commit_.sync_ahead_count(), 1u) << "no datasync ahead inside the window";
+}
+
 TEST_F(SyncAheadTest, NeverAfterAFailedDatasync) {
   WriteThenFlush();
   store_.set_fail_datasync(true);
