@@ -411,7 +411,7 @@ constexpr MetricOfField kMetricsOfFields[] = {
     {"verify_differing_bytes", "nbdmirror_verify_differing_bytes", false, 1,
      "Bytes the running or last verify found different."},
     {"applied_writes", "nbdmirror_applied_writes_total", true, 1,
-     "Standby: writes and zeroings applied from the primary."},
+     "Standby: writes applied from the primary (zeroes and trims count in the apply histogram)."},
     {"applied_bytes", "nbdmirror_applied_bytes_total", true, 1,
      "Standby: bytes written from the primary's writes."},
     {"ops_in_flight", "nbdmirror_apply_ops_in_flight", false, 1,

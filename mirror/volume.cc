@@ -23,6 +23,9 @@ struct Volume::PendingWrite {
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
   bool peer_degraded = false;
   bool peer_aborted = false;
+  // A FAST_ZERO on a mirrored volume: the peer is asked only once the local zeroing succeeded,
+  // so a refusal (ENOTSUP) is quick and leaves both copies as they were.
+  bool peer_after_local = false;
   Status local_status;
   nbd::DoneCallback done;
   StoreCall store;  // Starts the local operation.
@@ -105,17 +108,18 @@ Status Volume::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes,
         return store_.ZeroRange(offset_bytes, length_bytes, options, std::move(store_done));
       },
       [this, offset_bytes, length_bytes, options, durable](PeerDone peer_done) {
-        // The peer never refuses a fast zero: only the local answer decides ENOTSUP.
+        // Asked only after the local zeroing was fast (see peer_after_local): the peer must
+        // follow, fast or not, and never refuses.
         nbd::ZeroOptions peer_options = options;
         peer_options.fast_only = false;
         peer_->ReplicateZero(offset_bytes, length_bytes, peer_options, /*discard=*/false,
                              durable, std::move(peer_done));
       },
-      std::move(done));
+      std::move(done), /*peer_after_local=*/options.fast_only);
 }
 
 Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
-                      PeerCall peer, nbd::DoneCallback done) {
+                      PeerCall peer, nbd::DoneCallback done, bool peer_after_local) {
   if (Status st = CheckRange(offset_bytes, length_bytes, ENOSPC); !st.ok()) {
     return st;
   }
@@ -127,6 +131,7 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   write->done = std::move(done);
   write->store = std::move(store);
   write->peer = std::move(peer);
+  write->peer_after_local = peer_after_local && peer_ != nullptr;
   ++stats_.writes_in_flight;
   stats_.bytes_in_flight += length_bytes;
   // The grant may run later, from another write's completion; the write owns what it needs.
@@ -177,6 +182,12 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
     write->peer_done = true;
     return;
   }
+  if (!write->peer_after_local) {
+    StartPeer(write);
+  }
+}
+
+void Volume::StartPeer(const std::shared_ptr<PendingWrite>& write) {
   write->peer([this, write](PeerOutcome outcome) {
     if (outcome == PeerOutcome::kConfirmed) {
       stats_.modify_peer.Record(MicrosSince(write->fanned_out));
@@ -189,6 +200,23 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
 }
 
 void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status status) {
+  if (write->peer_after_local) {
+    write->peer_after_local = false;
+    if (status.ok()) {
+      StartPeer(write);
+    } else {
+      write->peer_done = true;  // The peer was never asked.
+      if (status.errno_value() == ENOTSUP) {
+        // A refused fast zero: nothing changed on either copy, and it is no disk error.
+        write->local_status = std::move(status);
+        write->local_done = true;
+        MaybeFinish(write);
+        return;
+      }
+      // Any other failure is a failed local write as below; the peer was not asked, but the
+      // regions are resynced all the same (the local copy may be half zeroed).
+    }
+  }
   if (!status.ok()) {
     // Part of a failed write may sit in the page cache all the same: the next durable request
     // must not skip its datasync as if nothing had been written.

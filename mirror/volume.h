@@ -12,7 +12,9 @@
 //                        was clear, the write waits until the bitmap page saying so is
 //                        durable (hot regions are already marked: no wait, no I/O).
 //   3. kFannedOut        The local write (io_uring) and the replication message to the peer
-//                        start together.
+//                        start together. Except for a FAST_ZERO: the peer is asked once the
+//                        local zeroing succeeded, so that a refusal (ENOTSUP, which the NBD
+//                        spec wants quick and without changes) changes neither copy.
 //   4. kLocalWritten     The store reports the write done. GroupCommit counts it as completed.
 //                        If the write must be durable (mode sync, or FUA), a group-committed
 //                        datasync covering it starts now, while the peer is still working.
@@ -133,9 +135,10 @@ class Volume final : public nbd::BlockDevice {
   using PeerCall = std::function<void(PeerDone)>;
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
-                      PeerCall peer, nbd::DoneCallback done);
+                      PeerCall peer, nbd::DoneCallback done, bool peer_after_local = false);
   void MarkIntent(const std::shared_ptr<PendingWrite>& write);
   void FanOut(const std::shared_ptr<PendingWrite>& write);
+  void StartPeer(const std::shared_ptr<PendingWrite>& write);
   void OnLocalWritten(const std::shared_ptr<PendingWrite>& write, base::Status status);
   void MaybeFinish(const std::shared_ptr<PendingWrite>& write);
   base::Status CheckRange(uint64_t offset_bytes, uint64_t length_bytes, int past_end_errno) const;

@@ -36,6 +36,7 @@ class FakePeerLink final : public PeerLink {
   void ReplicateFlush(PeerDone done) override {
     ops.push_back({Op::kFlush, 0, 0, true, std::move(done)});
   }
+  void OnLocalWriteFailed() override { ++local_write_failures; }
   void Answer(PeerOutcome outcome) {
     ASSERT_FALSE(ops.empty());
     Op op = std::move(ops.front());
@@ -43,6 +44,7 @@ class FakePeerLink final : public PeerLink {
     op.done(outcome);
   }
   std::deque<Op> ops;
+  int local_write_failures = 0;
 };
 
 std::vector<std::byte> Bytes(size_t n, uint8_t value) {
@@ -233,6 +235,48 @@ TEST_F(MirroredVolumeTest, FailedLocalWriteFailsEvenIfThePeerConfirmed) {
   peer_.Answer(PeerOutcome::kConfirmed);
   ASSERT_TRUE(store_.FailOldest(EIO));
   EXPECT_EQ(result.errno_value(), EIO);
+}
+
+// NBD spec: a FAST_ZERO the server cannot do quickly "MUST fail quickly with NBD_ENOTSUP" and
+// "SHOULD NOT alter the contents of the export". So the peer is asked only once the local store
+// zeroed fast: a refusal neither waits for the peer nor changes its copy, and is no disk error
+// (no resync of the range, no outdated peer).
+TEST_F(MirroredVolumeTest, RefusedFastZeroNeverReachesThePeer) {
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  nbd::ZeroOptions fast;
+  fast.fast_only = true;
+  base::Status result;
+  bool replied = false;
+  ASSERT_TRUE(volume.WriteZeroes(0, 65536, fast, false, [&](base::Status st) {
+    result = st;
+    replied = true;
+  }).ok());
+  EXPECT_TRUE(peer_.ops.empty()) << "the peer was asked before the local store answered";
+  ASSERT_TRUE(store_.FailOldest(ENOTSUP));
+  testing_support::Drain(io_);
+  ASSERT_TRUE(replied) << "the refusal waited for something";
+  EXPECT_EQ(result.errno_value(), ENOTSUP);
+  EXPECT_TRUE(peer_.ops.empty()) << "a refused fast zero was sent to the peer";
+  EXPECT_EQ(peer_.local_write_failures, 0) << "a refusal was treated as a failed write";
+  EXPECT_EQ(volume.stats().errors, 0u);
+}
+
+TEST_F(MirroredVolumeTest, FastZeroReachesThePeerOnceDoneLocally) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  nbd::ZeroOptions fast;
+  fast.fast_only = true;
+  bool replied = false;
+  ASSERT_TRUE(
+      volume.WriteZeroes(4096, 8192, fast, false, [&](base::Status st) { replied = st.ok(); })
+          .ok());
+  EXPECT_TRUE(peer_.ops.empty());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kZero));
+  ASSERT_EQ(peer_.ops.size(), 1u) << "the peer was not asked after the local zeroing";
+  EXPECT_EQ(peer_.ops.front().kind, FakePeerLink::Op::kZero);
+  EXPECT_EQ(peer_.ops.front().offset_bytes, 4096u);
+  EXPECT_FALSE(replied) << "replied before the peer confirmed";
+  peer_.Answer(PeerOutcome::kConfirmed);
+  EXPECT_TRUE(replied);
 }
 
 // Lets at least `us` microseconds of real time pass (the latency counters read the real clock).
