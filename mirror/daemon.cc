@@ -244,6 +244,8 @@ std::vector<StatusField> StatusFields(const Node& node) {
   text("volume", node.options.volume_path);
   text("volume_uuid", md.volume_uuid);
   num("size_bytes", md.size_bytes);
+  num("buffer_budget_bytes", node.pool->budget_bytes());
+  num("buffer_in_use_bytes", node.pool->in_use_bytes());
   text("current_gen", GenerationText(md.gens.current));
   text("bitmap_gen", GenerationText(md.gens.bitmap));
   const bool disk_failed = (node.volume && node.volume->disk_failed()) ||
@@ -377,6 +379,10 @@ struct MetricOfField {
 
 constexpr MetricOfField kMetricsOfFields[] = {
     {"size_bytes", "nbdmirror_size_bytes", false, 1, "Size of the volume."},
+    {"buffer_budget_bytes", "nbdmirror_buffer_budget_bytes", false, 1,
+     "Memory for in-flight payloads, shared by NBD clients and the peer link (--buffer-mib)."},
+    {"buffer_in_use_bytes", "nbdmirror_buffer_in_use_bytes", false, 1,
+     "Of that, held by requests in flight now."},
     {"out_of_sync_bytes", "nbdmirror_out_of_sync_bytes", false, 1,
      "Bytes that may differ between the two copies."},
     {"resync_done_bytes", "nbdmirror_resync_done_bytes", false, 1,
@@ -564,6 +570,7 @@ Status StartPrimary(Node& node, bool peer_known_good) {
   node.info.size_bytes = node.volume->size_bytes();
   node.info.min_block_bytes = node.volume->size_bytes() % 512 == 0 ? 512 : 1;
   node.info.preferred_block_bytes = 4096;
+  node.info.stall_timeout_ms = o.client_stall_timeout_ms;
   node.nbd = std::make_unique<nbd::NbdServer>(node.io, *node.volume, node.info, *node.pool);
   for (const base::Endpoint& endpoint : o.nbd_endpoints) {
     if (Status st = node.nbd->Listen(endpoint); !st.ok()) {

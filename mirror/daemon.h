@@ -32,6 +32,7 @@ struct DaemonOptions {
   std::optional<base::Endpoint> metrics;  // Prometheus endpoint; none by default.
   bool direct_io = true;
   uint64_t buffer_budget_bytes = 64ull << 20;
+  uint32_t client_stall_timeout_ms = 60000;  // See nbd::ExportInfo::stall_timeout_ms.
   std::vector<std::string> fault_rules;
 
   // Mirroring.

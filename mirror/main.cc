@@ -326,6 +326,11 @@ int main(int argc, char** argv) {
                   "memory for in-flight payloads (NBD clients and the peer link)")
       ->capture_default_str()
       ->check(CLI::Range(64, 4096));
+  run->add_option("--client-stall-timeout-ms", options.client_stall_timeout_ms,
+                  "drop an NBD client that leaves a WRITE's payload unsent, or its replies "
+                  "unread, this long, so its buffers go back to the shared pool (0 = never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600000));
   run->add_flag("--no-direct-io", raw.no_direct_io, "use the page cache instead of O_DIRECT");
   run->add_option("--resync-rate", raw.resync_rate,
                   "primary: cap resync traffic at this many bytes per second (K, M, G suffixes: "

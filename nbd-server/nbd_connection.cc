@@ -40,6 +40,7 @@ NbdConnection::NbdConnection(Socket socket, BlockDevice& device, const ExportInf
       negotiator_(info),
       read_ahead_(kReadAheadBytes),
       slots_(kMaxRequestsInFlight),
+      stall_timer_(socket_.get_executor()),
       reader_wakeup_(socket_.get_executor()),
       writer_wakeup_(socket_.get_executor()) {
   free_slots_.reserve(kMaxRequestsInFlight);
@@ -63,6 +64,9 @@ asio::awaitable<void> NbdConnection::Run() {
                 client_name_, negotiator_.negotiated().structured_replies,
                 negotiator_.negotiated().base_allocation);
   asio::co_spawn(socket_.get_executor(), WriteReplies(), asio::detached);
+  if (info_.stall_timeout_ms > 0) {
+    asio::co_spawn(socket_.get_executor(), WatchForStalls(), asio::detached);
+  }
   co_await ReadRequests();
   // Every request read so far completes and gets its reply before the socket closes.
   while (in_flight_ > 0) {
@@ -73,7 +77,41 @@ asio::awaitable<void> NbdConnection::Run() {
   boost::system::error_code ignored;
   socket_.shutdown(asio::socket_base::shutdown_both, ignored);
   socket_.close(ignored);
+  finished_ = true;
+  stall_timer_.cancel();
   spdlog::debug("nbd {}: closed", client_name_);
+}
+
+asio::awaitable<void> NbdConnection::WatchForStalls() {
+  auto self = shared_from_this();
+  // Looks twice per timeout; a stall is no progress over two looks in a row, so a client is
+  // dropped between one and one and a half timeouts after it stopped moving.
+  const auto half = std::chrono::milliseconds(info_.stall_timeout_ms) / 2;
+  uint64_t receives_seen = receives_;
+  uint64_t sends_seen = sends_;
+  int stalled_looks = 0;
+  while (!finished_ && !socket_broken_) {
+    stall_timer_.expires_after(half);
+    boost::system::error_code ec;
+    co_await stall_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (finished_ || socket_broken_) {
+      break;
+    }
+    const bool stalled = (awaiting_payload_ && receives_ == receives_seen) ||
+                         (sending_ && sends_ == sends_seen);
+    receives_seen = receives_;
+    sends_seen = sends_;
+    stalled_looks = stalled ? stalled_looks + 1 : 0;
+    if (stalled_looks >= 2) {
+      spdlog::warn("nbd {}: no progress for {} ms ({}); dropping the client and giving back "
+                   "its {} buffer bytes",
+                   client_name_, info_.stall_timeout_ms,
+                   awaiting_payload_ ? "a WRITE payload left unsent" : "its replies left unread",
+                   held_bytes_);
+      Abort();
+      break;
+    }
+  }
 }
 
 void NbdConnection::Stop() {
@@ -173,6 +211,7 @@ asio::awaitable<Status> NbdConnection::ReadExact(std::span<std::byte> out) {
       read_begin_ = take;
       done += take;
     }
+    ++receives_;
     if (ec) {
       co_return SocketStatus(ec, "receive");
     }
@@ -187,6 +226,7 @@ asio::awaitable<Status> NbdConnection::SkipExact(size_t bytes) {
       read_begin_ = 0;
       read_end_ = co_await socket_.async_read_some(asio::buffer(read_ahead_),
                                                    asio::redirect_error(asio::use_awaitable, ec));
+      ++receives_;
       if (ec) {
         co_return SocketStatus(ec, "receive");
       }
@@ -198,9 +238,21 @@ asio::awaitable<Status> NbdConnection::SkipExact(size_t bytes) {
   co_return Status::Ok();
 }
 
+size_t NbdConnection::BufferShareBytes() const {
+  return std::max<size_t>(info_.max_payload_bytes, pool_.budget_bytes() / 2);
+}
+
 asio::awaitable<base::Buffer> NbdConnection::AcquireBuffer(size_t bytes) {
   for (;;) {
+    if (held_bytes_ > 0 && held_bytes_ + bytes > BufferShareBytes()) {
+      // This connection holds its share of the pool: a client that sends WRITE headers
+      // without their payloads, or stops reading its READ replies, must not starve the
+      // others. Wait until one of its own requests is done (ReleaseSlot wakes the reader).
+      co_await reader_wakeup_.Wait();
+      continue;
+    }
     if (auto buffer = pool_.TryAcquire(bytes)) {
+      held_bytes_ += buffer->size();
       co_return std::move(*buffer);
     }
     // The pool is spent: stop reading until some request, on any connection, gives one back.
@@ -226,6 +278,7 @@ size_t NbdConnection::TakeSlot() {
 void NbdConnection::ReleaseSlot(size_t slot) {
   CHECK(slots_[slot].in_use);
   slots_[slot].in_use = false;
+  held_bytes_ -= slots_[slot].buffer.size();
   slots_[slot].buffer = base::Buffer();
   free_slots_.push_back(slot);
   --in_flight_;
@@ -264,7 +317,10 @@ asio::awaitable<void> NbdConnection::ReadRequests() {
     if (!verdict.ok()) {
       spdlog::warn("nbd {}: rejected: {}", client_name_, verdict.why);
       if (request.HasPayload()) {
-        if (Status st = co_await SkipExact(request.length_bytes); !st.ok()) {
+        awaiting_payload_ = true;
+        const Status st = co_await SkipExact(request.length_bytes);
+        awaiting_payload_ = false;
+        if (!st.ok()) {
           ReleaseSlot(slot);
           break;
         }
@@ -277,7 +333,10 @@ asio::awaitable<void> NbdConnection::ReadRequests() {
       slots_[slot].buffer = co_await AcquireBuffer(request.length_bytes);
     }
     if (type == Command::kWrite && request.length_bytes > 0) {
-      if (Status st = co_await ReadExact(slots_[slot].buffer.span()); !st.ok()) {
+      awaiting_payload_ = true;
+      const Status st = co_await ReadExact(slots_[slot].buffer.span());
+      awaiting_payload_ = false;
+      if (!st.ok()) {
         // A client that vanishes mid-payload gets nothing written.
         spdlog::info("nbd {}: WRITE payload cut short: {}", client_name_, st.ToString());
         ReleaseSlot(slot);
@@ -509,7 +568,10 @@ asio::awaitable<void> NbdConnection::WriteReplies() {
       }
     }
     if (!socket_broken_) {
+      sending_ = true;
       const boost::system::error_code ec = co_await base::WriteGathered(socket_, buffers);
+      sending_ = false;
+      ++sends_;
       if (ec) {
         // The client is gone; its remaining replies are dropped, its requests still complete.
         spdlog::info("nbd {}: {}", client_name_, SocketStatus(ec, "send").ToString());

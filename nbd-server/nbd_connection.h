@@ -8,7 +8,13 @@
 //
 // Flow control: at most kMaxRequestsInFlight requests per connection, and every payload lives
 // in a base::BufferPool buffer; when either runs out, the reader stops reading the socket until a
-// reply has gone out. Nothing grows without bound whatever the client sends.
+// reply has gone out. Nothing grows without bound whatever the client sends. The pool is shared
+// by every connection (and the peer link), so one connection may hold at most its share
+// (BufferShareBytes: half the pool, or one maximal payload if that is more): a client that
+// sends WRITE headers without payloads, or never reads its READ replies, stalls only itself.
+// Several such clients could still hold the whole pool together, so a client that leaves a
+// payload unsent or its replies unread for ExportInfo::stall_timeout_ms is dropped (Abort) and
+// its buffers return to the pool; its requests already submitted still complete.
 //
 // Ending: on NBD_CMD_DISC, EOF, a protocol violation, or Stop(), the reader stops; Run()
 // returns only after every request already read has completed and its reply was sent (or the
@@ -75,7 +81,9 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   asio::awaitable<base::Status> ReadExact(std::span<std::byte> out);
   asio::awaitable<base::Status> SkipExact(size_t bytes);
   asio::awaitable<base::Buffer> AcquireBuffer(size_t bytes);
+  size_t BufferShareBytes() const;
   asio::awaitable<void> WriteReplies();
+  asio::awaitable<void> WatchForStalls();
 
   size_t TakeSlot();
   void Dispatch(size_t slot);
@@ -104,10 +112,19 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   std::vector<Slot> slots_;
   std::vector<size_t> free_slots_;
   size_t in_flight_ = 0;
+  size_t held_bytes_ = 0;  // Pool bytes held by this connection's slots.
   std::deque<PendingReply> replies_;
   bool stopping_ = false;
   bool socket_broken_ = false;
   bool writer_exit_ = false;
+  // Stall watch: set while the reader waits for a WRITE payload (or skips one) and while the
+  // writer sends; the counters move with every completed receive and send.
+  bool awaiting_payload_ = false;
+  bool sending_ = false;
+  uint64_t receives_ = 0;
+  uint64_t sends_ = 0;
+  bool finished_ = false;
+  asio::steady_timer stall_timer_;
   base::AsyncEvent reader_wakeup_;
   base::AsyncEvent writer_wakeup_;
 };
