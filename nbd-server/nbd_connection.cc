@@ -410,14 +410,14 @@ void NbdConnection::OnDone(size_t slot, const Status& status) {
   const Request& r = slots_[slot].request;
   if (!status.ok()) {
     // Logged once here, with the detail the client will not see.
-    const bool fast_zero_refused = status.errno_value() == ENOTSUP;
+    const bool fast_zero_refused = ToNbdError(status, r.type, r.flags) == kErrNotSup;
     if (!fast_zero_refused) {
       spdlog::error("nbd {}: {} at {}+{} failed: {}", client_name_, CommandName(r.type),
                     r.offset_bytes, r.length_bytes, status.ToString());
     }
   }
   if (!status.ok()) {
-    ReplyError(slot, ToNbdError(status), status.message());
+    ReplyError(slot, ToNbdError(status, r.type, r.flags), status.message());
     return;
   }
   if (r.type != static_cast<uint16_t>(Command::kRead)) {

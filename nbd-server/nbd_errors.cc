@@ -35,4 +35,15 @@ uint32_t ToNbdError(const base::Status& status) {
   }
 }
 
+uint32_t ToNbdError(const base::Status& status, uint16_t command, uint16_t flags) {
+  const uint32_t error = ToNbdError(status);
+  const bool fast_zero = command == static_cast<uint16_t>(Command::kWriteZeroes) &&
+                         (flags & kCmdFlagFastZero) != 0;
+  const bool df_read = command == static_cast<uint16_t>(Command::kRead) && (flags & kCmdFlagDf) != 0;
+  if ((error == kErrNotSup && !fast_zero) || (error == kErrOverflow && !df_read)) {
+    return kErrIo;
+  }
+  return error;
+}
+
 }  // namespace nbd

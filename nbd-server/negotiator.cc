@@ -248,6 +248,10 @@ OptionReply Negotiator::HandleInfoOrGo(uint32_t option, std::span<const std::byt
 }
 
 OptionReply Negotiator::HandleMetaContext(uint32_t option, std::span<const std::byte> data) {
+  if (option == kOptSetMetaContext) {
+    // "replaces all previously-set metadata contexts (including when this command fails)".
+    negotiated_.base_allocation = false;
+  }
   if (!negotiated_.structured_replies) {
     return ErrorReply(option, kRepErrInvalid, "meta contexts need structured replies first");
   }

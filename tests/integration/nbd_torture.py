@@ -428,11 +428,12 @@ def zero_length_requests(ctx):
 
 
 def oversized(ctx, command):
-    """A READ or WRITE one 512-byte block over the 32 MiB maximum payload: an error reply (with
-    the WRITE payload drained) or a clean drop are both acceptable, a crash is not."""
+    """A READ or WRITE one 512-byte block over the 32 MiB maximum payload: an error reply, with
+    the WRITE payload drained and the connection kept in step (the spec allows a server to
+    drop such a client; this one does not, and a client that drops would lose its other
+    requests in flight)."""
     c = ctx.open()
     length = MAX_PAYLOAD + 512
-    outcome = None
     try:
         if command == nbd.CMD_WRITE:
             r = c.write(ctx.scratch(length), b"\xdd" * length)
@@ -443,7 +444,7 @@ def oversized(ctx, command):
         read_matches_file(ctx, c, 0, 4096)   # still in step
         c.disconnect()
     except (Closed, BrokenPipeError, ConnectionResetError):
-        outcome = "connection dropped"
+        check(False, f"{length}-byte request: the connection was dropped instead of an error reply")
     return outcome
 
 

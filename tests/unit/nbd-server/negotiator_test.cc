@@ -242,7 +242,22 @@ TEST_F(NegotiatorTest, SetBaseAllocationSelectsItAndIgnoresUnknownContexts) {
   // Selecting nothing clears it again.
   r = Decode(n.HandleOption(kOptSetMetaContext, MetaPayload("pg", {})).bytes);
   ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, kRepAck);
   EXPECT_FALSE(n.negotiated().base_allocation);
+}
+
+// The spec: a SET_META_CONTEXT "replaces all previously-set metadata contexts (including when
+// this command fails)", so a failed one leaves nothing selected.
+TEST_F(NegotiatorTest, FailedSetMetaContextClearsTheSelection) {
+  Negotiator n(info_);
+  (void)n.HandleOption(kOptStructuredReply, {});
+  (void)n.HandleOption(kOptSetMetaContext, MetaPayload("", {kBaseAllocation}));
+  ASSERT_TRUE(n.negotiated().base_allocation);
+  auto r = Decode(
+      n.HandleOption(kOptSetMetaContext, MetaPayload("no-such-export", {kBaseAllocation})).bytes);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, kRepErrUnknown);
+  EXPECT_FALSE(n.negotiated().base_allocation) << "a failed SET kept the earlier selection";
 }
 
 TEST_F(NegotiatorTest, ListMetaContextWithNoQueriesListsBaseAllocation) {

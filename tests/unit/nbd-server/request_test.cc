@@ -2,6 +2,9 @@
 // client can send is answered with the right NBD error, including ranges that wrap 2^64.
 
 #include "nbd-server/request.h"
+#include "nbd-server/nbd_errors.h"
+
+#include <cerrno>
 
 #include <gtest/gtest.h>
 
@@ -130,6 +133,23 @@ TEST_F(RequestTest, ReadOnlyExportRefusesWritesWithEperm) {
   info_.read_only = true;
   EXPECT_EQ(ValidateRequest(Make(Command::kWrite, 0, 512), info_, plain_).nbd_error, kErrPerm);
   EXPECT_TRUE(ValidateRequest(Make(Command::kRead, 0, 512), info_, plain_).ok());
+}
+
+// NBD_ENOTSUP and NBD_EOVERFLOW are each reserved for one case; a device failing with those
+// errnos elsewhere is an I/O error to the client.
+TEST(NbdErrorsTest, NotSupAndOverflowOnlyWhereTheSpecAllowsThem) {
+  const base::Status notsup = base::Status::Error(ENOTSUP, "no");
+  const base::Status overflow = base::Status::Error(EOVERFLOW, "too big");
+  const auto zeroes = static_cast<uint16_t>(Command::kWriteZeroes);
+  const auto read = static_cast<uint16_t>(Command::kRead);
+  const auto trim = static_cast<uint16_t>(Command::kTrim);
+  EXPECT_EQ(ToNbdError(notsup, zeroes, kCmdFlagFastZero), kErrNotSup);
+  EXPECT_EQ(ToNbdError(notsup, zeroes, 0), kErrIo);
+  EXPECT_EQ(ToNbdError(notsup, trim, 0), kErrIo);
+  EXPECT_EQ(ToNbdError(overflow, read, kCmdFlagDf), kErrOverflow);
+  EXPECT_EQ(ToNbdError(overflow, read, 0), kErrIo);
+  EXPECT_EQ(ToNbdError(base::Status::Error(ENOSPC, "full"), zeroes, 0), kErrNoSpace);
+  EXPECT_EQ(ToNbdError(base::Status::Ok(), read, 0), 0u);
 }
 
 }  // namespace
