@@ -307,7 +307,8 @@ base::Result<std::optional<std::unique_ptr<MetadataFile>>> MetadataFile::Open(
     auto decoded = DecodeSuperblock(
         std::span<const std::byte>(slots).subspan(slot * kSuperblockBytes, kSuperblockBytes));
     if (!decoded.ok()) {
-      problems += " slot " + std::to_string(slot) + ": " + decoded.status().message() + ";";
+      problems += std::string(problems.empty() ? "" : ";") + " slot " + std::to_string(slot) +
+                  ": " + decoded.status().message();
       continue;
     }
     if (!best || decoded.value().second > best->second) {
