@@ -19,16 +19,10 @@ meta=$volume.nbdmirror-meta
 sock=$NM_TMP/nbd.sock
 head -c $((16 << 20)) /dev/urandom >"$volume"
 
-stop_ok() {
-  local rc=0
-  nm_stop "$1" || rc=$?
-  ((rc == 0)) || nm_fail "daemon exited with status $rc"
-}
-
 nm_start_primary "$volume" "$sock"
 uuid=$(nm_status_field "$volume" volume_uuid)
 [[ -n $uuid ]] || nm_fail "no volume_uuid in status"
-stop_ok "$NM_PID"
+nm_stop_ok "$NM_PID" daemon
 
 # damage SLOT...: changes the first hex digit of volume_uuid in each given slot (0 or 1, or
 # "newer" for the slot with the higher seq). Prints the slots it damaged.
@@ -59,7 +53,7 @@ log=$NM_LOG
   nm_fail "no warning that a superblock slot was invalid"
 [[ $(nm_status_field "$volume" volume_uuid) == "$uuid" ]] ||
   nm_fail "volume_uuid $(nm_status_field "$volume" volume_uuid) after recovery, expected $uuid"
-stop_ok "$NM_PID"
+nm_stop_ok "$NM_PID" daemon
 
 # ---- 2: both slots damaged: refuse, touch nothing -------------------------------------------
 nm_log "damaged slots $(damage 0 1)"

@@ -115,12 +115,8 @@ applied_after=$(nm_status_field "$b" apply_done)
   nm_fail "a resync ran ($(nm_status_field "$a" resynced_bytes_total) bytes): the refusal cost the pair its sync"
 nm_peer_up_to_date "$a" || nm_fail "peer_disk is $(nm_status_field "$a" peer_disk), expected UpToDate"
 
-rc=0
-nm_stop "$primary" || rc=$?
-((rc == 0)) || nm_fail "primary exited with status $rc"
-rc=0
-nm_stop "$standby" || rc=$?
-((rc == 0)) || nm_fail "standby exited with status $rc"
+nm_stop_ok "$primary" primary
+nm_stop_ok "$standby" standby
 cmp -- "$a" "$b" || nm_fail "the two copies differ"
 cmp -n $((64 << 10)) -i $((1 << 20)) -- "$b" "$NM_TMP/original.img" ||
   nm_fail "the refused range changed on the standby"

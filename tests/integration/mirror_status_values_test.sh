@@ -84,11 +84,7 @@ nm_wait_for 30 "the standby resynced" nm_peer_up_to_date "$a"
 [[ $(f resynced_bytes_total) == "$MIB" ]] ||
   nm_fail "resynced_bytes_total $(f resynced_bytes_total), expected exactly the marked $MIB"
 [[ $(f out_of_sync_bytes) == 0 ]] || nm_fail "out_of_sync_bytes $(f out_of_sync_bytes) with the peer UpToDate"
-rc=0
-nm_stop "$primary" || rc=$?
-((rc == 0)) || nm_fail "primary exited with status $rc"
-rc=0
-nm_stop "$standby" || rc=$?
-((rc == 0)) || nm_fail "standby exited with status $rc"
+nm_stop_ok "$primary" primary
+nm_stop_ok "$standby" standby
 cmp -- "$a" "$b" || nm_fail "the copies differ"
 nm_log "PASS"
