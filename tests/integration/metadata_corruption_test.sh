@@ -22,7 +22,7 @@ head -c $((16 << 20)) /dev/urandom >"$volume"
 nm_start_primary "$volume" "$sock"
 uuid=$(nm_status_field "$volume" volume_uuid)
 [[ -n $uuid ]] || nm_fail "no volume_uuid in status"
-nm_stop_ok "$NM_PID" daemon
+nm_stop_clean "$NM_PID" daemon
 
 # damage SLOT...: changes the first hex digit of volume_uuid in each given slot (0 or 1, or
 # "newer" for the slot with the higher seq). Prints the slots it damaged.
@@ -53,7 +53,7 @@ log=$NM_LOG
   nm_fail "no warning that a superblock slot was invalid"
 [[ $(nm_status_field "$volume" volume_uuid) == "$uuid" ]] ||
   nm_fail "volume_uuid $(nm_status_field "$volume" volume_uuid) after recovery, expected $uuid"
-nm_stop_ok "$NM_PID" daemon
+nm_stop_clean "$NM_PID" daemon
 
 # ---- 2: both slots damaged: refuse, touch nothing -------------------------------------------
 nm_log "damaged slots $(damage 0 1)"

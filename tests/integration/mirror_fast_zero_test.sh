@@ -115,8 +115,8 @@ applied_after=$(nm_status_field "$b" apply_done)
   nm_fail "a resync ran ($(nm_status_field "$a" resynced_bytes_total) bytes): the refusal cost the pair its sync"
 nm_peer_up_to_date "$a" || nm_fail "peer_disk is $(nm_status_field "$a" peer_disk), expected UpToDate"
 
-nm_stop_ok "$primary" primary
-nm_stop_ok "$standby" standby
+nm_stop_clean "$primary" primary
+nm_stop_clean "$standby" standby
 cmp -- "$a" "$b" || nm_fail "the two copies differ"
 cmp -n $((64 << 10)) -i $((1 << 20)) -- "$b" "$NM_TMP/original.img" ||
   nm_fail "the refused range changed on the standby"

@@ -84,7 +84,7 @@ nm_wait_for 30 "the standby resynced" nm_peer_up_to_date "$a"
 [[ $(f resynced_bytes_total) == "$MIB" ]] ||
   nm_fail "resynced_bytes_total $(f resynced_bytes_total), expected exactly the marked $MIB"
 [[ $(f out_of_sync_bytes) == 0 ]] || nm_fail "out_of_sync_bytes $(f out_of_sync_bytes) with the peer UpToDate"
-nm_stop_ok "$primary" primary
-nm_stop_ok "$standby" standby
+nm_stop_clean "$primary" primary
+nm_stop_clean "$standby" standby
 cmp -- "$a" "$b" || nm_fail "the copies differ"
 nm_log "PASS"

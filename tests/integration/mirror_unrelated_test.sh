@@ -40,8 +40,8 @@ NM_DAEMON_LABEL=primary-a nm_start_primary "$a" "$NM_TMP/a.sock" --node a \
 primary_a=$NM_PID
 nm_wait_for 20 "A and B in sync" nm_peer_up_to_date "$a"
 nbdcopy -- "$NM_TMP/data.bin" "$(nm_uri "$NM_TMP/a.sock")" || nm_fail "nbdcopy into A failed"
-nm_stop_ok "$primary_a" "primary A"
-nm_stop_ok "$standby" "standby B"
+nm_stop_clean "$primary_a" "primary A"
+nm_stop_clean "$standby" "standby B"
 cmp -- "$a" "$b" || nm_fail "A and B differ after their clean stop"
 b_hash=$(sha256sum <"$b")
 
@@ -56,7 +56,7 @@ nm_wait_for 20 "C reporting the refusal" refused
 nm_log "C's last_peer_error: $(nm_status_field "$c" last_peer_error)"
 [[ $(nm_status_field "$c" connection) != connected ]] || nm_fail "C counts B as connected"
 [[ $(nm_status_field "$c" peer_disk) != UpToDate ]] || nm_fail "C counts B as UpToDate"
-nm_stop_ok "$standby" "standby B (refusing)"
+nm_stop_clean "$standby" "standby B (refusing)"
 [[ $(sha256sum <"$b") == "$b_hash" ]] || nm_fail "B's copy changed although C was refused"
 
 # ---- the operator path: B becomes a new standby of C ----------------------------------------
@@ -65,7 +65,7 @@ start_b c "$port_c"
 nm_wait_for 60 "C to sync B fully" nm_peer_up_to_date "$c"
 [[ $(nm_status_field "$c" sync_decision) == full ]] ||
   nm_fail "sync_decision $(nm_status_field "$c" sync_decision), expected full"
-nm_stop_ok "$primary_c" "primary C"
-nm_stop_ok "$standby" "standby B"
+nm_stop_clean "$primary_c" "primary C"
+nm_stop_clean "$standby" "standby B"
 cmp -- "$c" "$b" || nm_fail "B is not a copy of C after its full sync"
 nm_log "PASS: refused without a write; a new standby after the documented path"

@@ -97,7 +97,7 @@ held=$(in_use)
 nm_log "part 1: served next to a stalled reader holding $((held / MIB)) MiB"
 nm_kill_pid "$reader"
 nm_untrack_pid "$reader"
-nm_stop_ok "$daemon" daemon
+nm_stop_clean "$daemon" daemon
 
 # ---- 2: a 2 s stall timeout; a stalled reader and two unsent WRITE payloads -----------------
 nm_start_primary "$volume" "$sock" --buffer-mib 64 --client-stall-timeout-ms 2000
@@ -123,5 +123,5 @@ replies=$(nm_count_in_log "$log" "its replies left unread")
 ((replies == 1)) || nm_fail "$replies log lines about a client dropped for unread replies, expected 1"
 nm_wait_for 20 "the pool empty again" test "$(in_use)" = 0
 nm_log "part 2: two stalled writers and a stalled reader dropped, a fourth client served, pool empty"
-nm_stop_ok "$daemon" daemon
+nm_stop_clean "$daemon" daemon
 nm_log "PASS"

@@ -237,13 +237,6 @@ nm_stop() {
   nm_wait_exit "$1" "${2:-$NM_STOP_TIMEOUT}"
 }
 
-# nm_stop_ok PID WHAT: nm_stop, and fail the test unless the process exited with status 0.
-nm_stop_ok() {
-  local rc=0
-  nm_stop "$1" || rc=$?
-  ((rc == 0)) || nm_fail "$2 exited with status $rc"
-}
-
 # nm_wait_exit PID [TIMEOUT_S]: waits (bounded) for a process that was told to stop some other
 # way, and returns its exit status. Call it as `rc=0; nm_wait_exit "$pid" || rc=$?`.
 nm_wait_exit() {
