@@ -54,6 +54,9 @@
 #   resynced and the window. CHAOS_SEED=N replays a run's choices (timing still varies);
 #   CHAOS_ROUNDS sets the number of rounds (default 12, about 2 minutes on 2 cores);
 #   CHAOS_FAULTS="kill-standby corrupt-frame" restricts the deck.
+# The first half of the rounds runs in mode sync (the default), the second half in mode flush:
+# the primary is stopped cleanly and started again with --mode flush in between (decision
+# none, same generation, files identical), so every fault of the deck meets both modes.
 # At the end both daemons stop cleanly and the files are compared once more. Skipped (77)
 # where `ip netns add` is not allowed or fio has no nbd engine.
 
@@ -114,10 +117,11 @@ start_standby() {
   standby=$NM_PID
   standby_log=$NM_LOG
 }
+mode=sync
 start_primary() {
   NM_DAEMON_LABEL=primary nm_start_primary "$a" "$sock" --node a \
     --peer "b=127.0.0.1:${port_proxy}" --secret-file "$secret" --peer-timeout-ms 1000 \
-    --bitmap-clean-ms 1000
+    --bitmap-clean-ms 1000 --mode "$mode"
   primary=$NM_PID
   uri=$NM_URI
 }
@@ -220,6 +224,21 @@ draw_fault() {
 summary=()
 total_start_ms=$(nm_now_ms)
 for ((round = 1; round <= rounds; round++)); do
+  if ((rounds >= 2 && round == rounds / 2 + 1)); then
+    # The second half runs in mode flush: a clean restart of the primary, which must find the
+    # pair in sync (decision none) and keep its generation.
+    gen_before=$(field "$a" current_gen)
+    nm_stop_clean "$primary" "the primary (switching to mode flush)"
+    mode=flush
+    start_primary
+    nm_wait_for 60 "the pair in sync in mode flush" in_sync "$a"
+    [[ $(field "$a" sync_decision) == none ]] ||
+      nm_fail "clean restart in mode flush: decision $(field "$a" sync_decision), expected none"
+    [[ $(field "$a" current_gen) == "$gen_before" ]] ||
+      nm_fail "clean restart in mode flush: the generation changed"
+    same_files "after the switch to mode flush"
+    nm_log "rounds ${round}-${rounds} in mode flush"
+  fi
   round_start_ms=$(nm_now_ms)
   draw_fault
   fault=$FAULT
@@ -391,7 +410,7 @@ for ((round = 1; round <= rounds; round++)); do
   nm_wait_for 20 "the bitmap to be cleaned" nm_status_is "$a" marked_bytes 0
 
   round_s=$((($(nm_now_ms) - round_start_ms) / 1000))
-  msg="round ${round}: seed ${seed} fault ${fault} at write ${moment}/${blocks}, ${fault_at_ms} ms"
+  msg="round ${round} (mode ${mode}): seed ${seed} fault ${fault} at write ${moment}/${blocks}, ${fault_at_ms} ms"
   msg+=" into fio; fault held ${fault_ms} ms; ${detail}"
   msg+="$((degraded * block / 1024)) KiB written without the peer (${degraded} writes);"
   msg+=" decision ${decision};"
