@@ -107,6 +107,10 @@ base::Result<uint64_t> ParseBytes(const std::string& flag, const std::string& te
 }
 
 base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
+  if (options.client_stall_timeout_ms != 0 && options.client_stall_timeout_ms < 100) {
+    // The watch looks every half timeout: a few milliseconds would be a busy loop.
+    return base::Status::Error(EINVAL, "--client-stall-timeout-ms takes 0 (never) or at least 100");
+  }
   for (const std::string& spec : raw.nbd) {
     auto endpoint = base::ParseEndpoint(spec, kDefaultNbdPort);
     if (!endpoint.ok()) {

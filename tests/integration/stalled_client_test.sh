@@ -2,7 +2,8 @@
 # stalled_client_test: clients that stop in the middle of the protocol cannot starve the others
 # of the payload buffers every connection shares (--buffer-mib, 64 MiB here).
 #
-# How, with raw-socket clients (tests/lib/nbd_client.py) on a standalone export of 256 MiB:
+# How, with raw-socket clients (tests/lib/nbd_client.py) on a standalone export of 256 MiB
+# (after checking that a stall timeout of 5 ms is refused with exit 2, creating nothing):
 #   1. --client-stall-timeout-ms 0 (never drop anyone): a client pipelines 64 READs of 1 MiB and
 #      never reads a reply. Its replies fill the socket and then wait in pool buffers; without a
 #      per-connection share it would hold all 64 MiB and every other client would wait
@@ -82,6 +83,15 @@ start_stalled() {
   nm_track_pid "$STALLED_PID"
   nm_wait_for 20 "$2's requests sent" test -e "$NM_TMP/$2.ready"
 }
+
+# ---- 0: a timeout of a few milliseconds is refused (the watch would spin) --------------------
+rc=0
+"$NM_BIN" run --volume "$volume" --primary --nbd "unix:$sock" --client-stall-timeout-ms 5 \
+  >"$NM_TMP/refused.log" 2>&1 || rc=$?
+((rc == 2)) || nm_fail "--client-stall-timeout-ms 5: exit status $rc, expected 2"
+grep -q "0 (never) or at least 100" "$NM_TMP/refused.log" ||
+  nm_fail "--client-stall-timeout-ms 5: no clear refusal: $(cat "$NM_TMP/refused.log")"
+[[ ! -e $volume.nbdmirror-meta ]] || nm_fail "the refused start created metadata"
 
 # ---- 1: no timeout; one client that stops reading its replies ------------------------------
 nm_start_primary "$volume" "$sock" --buffer-mib 64 --client-stall-timeout-ms 0
