@@ -23,9 +23,9 @@ struct Volume::PendingWrite {
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
   bool peer_degraded = false;
   bool peer_aborted = false;
-  // A FAST_ZERO on a mirrored volume: the peer is asked only once the local zeroing succeeded,
-  // so a refusal (ENOTSUP) is quick and leaves both copies as they were.
-  bool peer_after_local = false;
+  // FAST_ZERO: a refusal (ENOTSUP) is an answer, not a disk error, and must change neither
+  // copy, so the peer is asked only once the local zeroing succeeded.
+  bool fast_zero = false;
   Status local_status;
   nbd::DoneCallback done;
   StoreCall store;  // Starts the local operation.
@@ -108,18 +108,18 @@ Status Volume::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes,
         return store_.ZeroRange(offset_bytes, length_bytes, options, std::move(store_done));
       },
       [this, offset_bytes, length_bytes, options, durable](PeerDone peer_done) {
-        // Asked only after the local zeroing was fast (see peer_after_local): the peer must
-        // follow, fast or not, and never refuses.
+        // Asked only after the local zeroing was fast (see fast_zero): the peer must follow,
+        // fast or not, and never refuses.
         nbd::ZeroOptions peer_options = options;
         peer_options.fast_only = false;
         peer_->ReplicateZero(offset_bytes, length_bytes, peer_options, /*discard=*/false,
                              durable, std::move(peer_done));
       },
-      std::move(done), /*peer_after_local=*/options.fast_only);
+      std::move(done), /*fast_zero=*/options.fast_only);
 }
 
 Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
-                      PeerCall peer, nbd::DoneCallback done, bool peer_after_local) {
+                      PeerCall peer, nbd::DoneCallback done, bool fast_zero) {
   if (Status st = CheckRange(offset_bytes, length_bytes, ENOSPC); !st.ok()) {
     return st;
   }
@@ -131,7 +131,7 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   write->done = std::move(done);
   write->store = std::move(store);
   write->peer = std::move(peer);
-  write->peer_after_local = peer_after_local && peer_ != nullptr;
+  write->fast_zero = fast_zero;
   ++stats_.writes_in_flight;
   stats_.bytes_in_flight += length_bytes;
   // The grant may run later, from another write's completion; the write owns what it needs.
@@ -182,7 +182,7 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
     write->peer_done = true;
     return;
   }
-  if (!write->peer_after_local) {
+  if (!write->fast_zero) {
     StartPeer(write);
   }
 }
@@ -200,21 +200,22 @@ void Volume::StartPeer(const std::shared_ptr<PendingWrite>& write) {
 }
 
 void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status status) {
-  if (write->peer_after_local) {
-    write->peer_after_local = false;
-    if (status.ok()) {
-      StartPeer(write);
-    } else {
-      write->peer_done = true;  // The peer was never asked.
-      if (status.errno_value() == ENOTSUP) {
-        // A refused fast zero: nothing changed on either copy, and it is no disk error.
-        write->local_status = std::move(status);
-        write->local_done = true;
-        MaybeFinish(write);
-        return;
+  if (write->fast_zero) {
+    if (status.errno_value() == ENOTSUP) {
+      // Refused: nothing changed on either copy (the peer was never asked), and no disk failed.
+      write->peer_done = true;
+      write->local_status = std::move(status);
+      write->local_done = true;
+      MaybeFinish(write);
+      return;
+    }
+    if (peer_ != nullptr) {
+      if (status.ok()) {
+        StartPeer(write);
+      } else {
+        // Never asked; the failure below resyncs the range all the same (it may be half zeroed).
+        write->peer_done = true;
       }
-      // Any other failure is a failed local write as below; the peer was not asked, but the
-      // regions are resynced all the same (the local copy may be half zeroed).
     }
   }
   if (!status.ok()) {

@@ -135,7 +135,7 @@ class Volume final : public nbd::BlockDevice {
   using PeerCall = std::function<void(PeerDone)>;
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
-                      PeerCall peer, nbd::DoneCallback done, bool peer_after_local = false);
+                      PeerCall peer, nbd::DoneCallback done, bool fast_zero = false);
   void MarkIntent(const std::shared_ptr<PendingWrite>& write);
   void FanOut(const std::shared_ptr<PendingWrite>& write);
   void StartPeer(const std::shared_ptr<PendingWrite>& write);

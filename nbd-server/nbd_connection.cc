@@ -409,15 +409,13 @@ void NbdConnection::Submit(size_t slot) {
 void NbdConnection::OnDone(size_t slot, const Status& status) {
   const Request& r = slots_[slot].request;
   if (!status.ok()) {
-    // Logged once here, with the detail the client will not see.
-    const bool fast_zero_refused = ToNbdError(status, r.type, r.flags) == kErrNotSup;
-    if (!fast_zero_refused) {
+    const uint32_t error = ToNbdError(status, r.type, r.flags);
+    // Logged once here, with the detail the client will not see; a refused fast zero is routine.
+    if (error != kErrNotSup) {
       spdlog::error("nbd {}: {} at {}+{} failed: {}", client_name_, CommandName(r.type),
                     r.offset_bytes, r.length_bytes, status.ToString());
     }
-  }
-  if (!status.ok()) {
-    ReplyError(slot, ToNbdError(status, r.type, r.flags), status.message());
+    ReplyError(slot, error, status.message());
     return;
   }
   if (r.type != static_cast<uint16_t>(Command::kRead)) {

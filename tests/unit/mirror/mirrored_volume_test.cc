@@ -261,6 +261,19 @@ TEST_F(MirroredVolumeTest, RefusedFastZeroNeverReachesThePeer) {
   EXPECT_EQ(volume.stats().errors, 0u);
 }
 
+// Without a peer the refusal is the same answer: ENOTSUP, and no disk error counted.
+TEST_F(MirroredVolumeTest, RefusedFastZeroIsNoErrorWithoutAPeer) {
+  Volume volume(io_, store_, nullptr, Mode::kFlush);
+  nbd::ZeroOptions fast;
+  fast.fast_only = true;
+  base::Status result;
+  ASSERT_TRUE(volume.WriteZeroes(0, 65536, fast, false, [&](base::Status st) { result = st; }).ok());
+  ASSERT_TRUE(store_.FailOldest(ENOTSUP));
+  testing_support::Drain(io_);
+  EXPECT_EQ(result.errno_value(), ENOTSUP);
+  EXPECT_EQ(volume.stats().errors, 0u);
+}
+
 TEST_F(MirroredVolumeTest, FastZeroReachesThePeerOnceDoneLocally) {
   Volume volume(io_, store_, &peer_, Mode::kFlush);
   nbd::ZeroOptions fast;
