@@ -150,6 +150,16 @@ std::optional<DiskState> ParseDiskState(const std::string& name) {
   return std::nullopt;
 }
 
+void FollowPrimaryGeneration(VolumeMetadata& md, uint64_t gen, DiskState disk) {
+  if (md.gens.current != gen) {
+    RememberGeneration(md.gens, md.gens.current);
+  }
+  md.gens.current = gen;
+  md.gens.bitmap = gen;
+  md.gens.current_shared = true;
+  md.disk = disk;
+}
+
 std::string NewVolumeUuid() {
   unsigned char raw[16];
   CHECK(RAND_bytes(raw, sizeof(raw)) == 1);

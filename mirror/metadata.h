@@ -22,6 +22,7 @@
 // the MetadataFile is destroyed.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -53,6 +54,12 @@ struct VolumeMetadata {
   uint64_t region_bytes = 64 * 1024;  // Write-intent bitmap granularity, fixed at creation.
 };
 
+// A secondary's record that its copy follows the primary's generation `gen` and is in state
+// `disk` (at a sync plan: Inconsistent until a resync ends, UpToDate if none is needed; at the
+// end of a resync: UpToDate). What it held before goes to the history; the copies are shared at
+// `gen` and the bitmap is relative to it.
+void FollowPrimaryGeneration(VolumeMetadata& md, uint64_t gen, DiskState disk);
+
 std::string NewVolumeUuid();
 std::string DefaultMetadataPath(const std::string& volume_path);
 
@@ -72,9 +79,21 @@ void EncodeBitmapPage(uint32_t index, std::span<const uint8_t> bits, std::span<s
 // Extracts the bits; false if the checksum or the index does not match.
 bool DecodeBitmapPage(uint32_t index, std::span<const std::byte> page, std::span<uint8_t> bits);
 
-class MetadataFile {
+// The superblock as the state machines (replicator, applier, listener) read and change it.
+// MetadataFile keeps it in the sidecar file; the mirror simulation keeps it in memory.
+class Superblock {
  public:
-  ~MetadataFile();
+  virtual ~Superblock() = default;
+  virtual const VolumeMetadata& get() const = 0;
+  // Applies `change` and makes the result durable before returning (synchronous: state changes
+  // are rare). On failure the in-memory state still changes and the error is returned so the
+  // caller can report a failed metadata disk.
+  virtual base::Status Update(const std::function<void(VolumeMetadata&)>& change) = 0;
+};
+
+class MetadataFile final : public Superblock {
+ public:
+  ~MetadataFile() override;
   MetadataFile(const MetadataFile&) = delete;
   MetadataFile& operator=(const MetadataFile&) = delete;
 
@@ -85,16 +104,13 @@ class MetadataFile {
   static base::Result<std::unique_ptr<MetadataFile>> Create(const std::string& path,
                                                            const VolumeMetadata& initial);
 
-  const VolumeMetadata& get() const { return current_; }
+  const VolumeMetadata& get() const override { return current_; }
   const std::string& path() const { return path_; }
   uint64_t region_count() const { return RegionCount(current_.size_bytes, current_.region_bytes); }
   uint64_t page_count() const { return BitmapPageCount(region_count()); }
 
-  // Applies `change` and writes the next superblock slot durably (synchronous: one 4 KiB write
-  // and an fdatasync, only at state changes). On failure the in-memory state still changes and
-  // the error is returned so the caller can report a failed metadata disk.
-  template <typename Change>
-  base::Status Update(Change change) {
+  // Writes the next superblock slot: one 4 KiB write and an fdatasync.
+  base::Status Update(const std::function<void(VolumeMetadata&)>& change) override {
     VolumeMetadata next = current_;
     change(next);
     current_ = next;

@@ -207,13 +207,8 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
     // resync resumes from the primary's bitmap.
     st = metadata_.Update([&](VolumeMetadata& next) {
       next.volume_uuid = plan.volume_uuid();
-      if (next.gens.current != plan.target_gen()) {
-        RememberGeneration(next.gens, next.gens.current);
-      }
-      next.gens.current = plan.target_gen();
-      next.gens.bitmap = plan.target_gen();
-      next.gens.current_shared = true;
-      next.disk = resync ? DiskState::kInconsistent : DiskState::kUpToDate;
+      FollowPrimaryGeneration(next, plan.target_gen(),
+                              resync ? DiskState::kInconsistent : DiskState::kUpToDate);
     });
   }
   if (st.ok()) {

@@ -14,7 +14,7 @@ using base::Status;
 using transport::FrameType;
 namespace pb = nbdmirror::peer;
 
-ReplicaApplier::ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata,
+ReplicaApplier::ReplicaApplier(asio::io_context& io, LocalStore& store, Superblock& metadata,
                                WriteIntentLog& intent_log)
     : io_(io),
       store_(store),
@@ -29,7 +29,7 @@ asio::awaitable<void> ReplicaApplier::WaitIdle() {
   }
 }
 
-void ReplicaApplier::Attach(std::shared_ptr<transport::PeerConnection> link,
+void ReplicaApplier::Attach(std::shared_ptr<transport::FrameLink> link,
                             std::string primary_node_id) {
   link_ = std::move(link);
   primary_node_id_ = std::move(primary_node_id);
@@ -175,13 +175,7 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
   intent_log_.ClearAll([this, link, seq, current_gen](Status st) {
     if (st.ok()) {
       st = metadata_.Update([current_gen](VolumeMetadata& md) {
-        if (md.gens.current != current_gen) {
-          RememberGeneration(md.gens, md.gens.current);
-        }
-        md.gens.current = current_gen;
-        md.gens.bitmap = current_gen;
-        md.gens.current_shared = true;
-        md.disk = DiskState::kUpToDate;
+        FollowPrimaryGeneration(md, current_gen, DiskState::kUpToDate);
       });
     }
     if (st.ok()) {

@@ -16,13 +16,14 @@
 #include <string>
 
 #include "base/asio.h"
+#include "base/async_event.h"
 #include "base/elapsed.h"
 #include "base/latency_histogram.h"
 #include "mirror/group_commit.h"
 #include "mirror/local_store.h"
 #include "mirror/metadata.h"
 #include "mirror/write_intent_log.h"
-#include "transport/peer_connection.h"
+#include "transport/frame_link.h"
 
 namespace mirror {
 
@@ -42,7 +43,7 @@ class ReplicaApplier final : public transport::FrameHandler {
  public:
   // At ResyncDone the copy becomes UpToDate at the primary's generation and `intent_log` (this
   // node's own marks, from a time it was primary) is cleared.
-  ReplicaApplier(asio::io_context& io, LocalStore& store, MetadataFile& metadata,
+  ReplicaApplier(asio::io_context& io, LocalStore& store, Superblock& metadata,
                  WriteIntentLog& intent_log);
 
   bool attached() const { return link_ != nullptr; }
@@ -52,7 +53,7 @@ class ReplicaApplier final : public transport::FrameHandler {
   asio::awaitable<void> WaitIdle();
   // Makes every applied write durable (used at shutdown).
   void FlushAll(StoreDone done) { group_commit_.RequestDurable(std::move(done)); }
-  void Attach(std::shared_ptr<transport::PeerConnection> link, std::string primary_node_id);
+  void Attach(std::shared_ptr<transport::FrameLink> link, std::string primary_node_id);
 
   void OnFrame(transport::Frame frame) override;
   void OnClosed(const base::Status& why) override;
@@ -66,9 +67,10 @@ class ReplicaApplier final : public transport::FrameHandler {
   const std::string& primary_node_id() const { return primary_node_id_; }
   bool disk_failed() const { return group_commit_.failed(); }
   const GroupCommit& group_commit() const { return group_commit_; }
+  GroupCommit& group_commit() { return group_commit_; }
 
  private:
-  using WeakLink = std::weak_ptr<transport::PeerConnection>;
+  using WeakLink = std::weak_ptr<transport::FrameLink>;
   void ApplyWrite(transport::Frame frame);
   void ApplyZero(const transport::Frame& frame);
   void ApplyFlush(const transport::Frame& frame, bool resync_done);
@@ -82,12 +84,12 @@ class ReplicaApplier final : public transport::FrameHandler {
 
   asio::io_context& io_;
   LocalStore& store_;
-  MetadataFile& metadata_;
+  Superblock& metadata_;
   WriteIntentLog& intent_log_;
   GroupCommit group_commit_;
   static constexpr int kMaxDigestReads = 8;
   int digest_reads_in_flight_ = 0;
-  std::shared_ptr<transport::PeerConnection> link_;
+  std::shared_ptr<transport::FrameLink> link_;
   std::string primary_node_id_;
   ApplierStats stats_;
   base::RecentLatency recent_apply_;

@@ -17,6 +17,8 @@
 //
 // Lifetime: shared_ptr; the coroutines hold references. Loop thread only.
 
+#include <google/protobuf/message_lite.h>
+
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -24,44 +26,25 @@
 #include <string>
 #include <vector>
 
-#include <google/protobuf/message_lite.h>
-
 #include "base/async_event.h"
 #include "base/buffer_pool.h"
 #include "base/status.h"
 #include "transport/frame.h"
+#include "transport/frame_link.h"
 #include "transport/peer_stream.h"
 
 namespace transport {
-
-struct Frame {
-  FrameType type = FrameType::kHeartbeat;
-  std::vector<std::byte> message;
-  base::Buffer payload;
-
-  // Parses the protobuf message; false if it does not parse.
-  bool Parse(google::protobuf::MessageLite& out) const {
-    return out.ParseFromArray(message.data(), static_cast<int>(message.size()));
-  }
-};
-
-class FrameHandler {
- public:
-  virtual ~FrameHandler() = default;
-  virtual void OnFrame(Frame frame) = 0;
-  virtual void OnClosed(const base::Status& why) = 0;
-};
 
 struct LinkTiming {
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds timeout{5000};
 };
 
-class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
+class PeerConnection final : public FrameLink, public std::enable_shared_from_this<PeerConnection> {
  public:
   // `pool` is borrowed and must outlive the connection.
   PeerConnection(std::unique_ptr<PeerStream> stream, base::BufferPool& pool, LinkTiming timing);
-  ~PeerConnection();
+  ~PeerConnection() override;
 
   const std::string& remote() const { return stream_->remote(); }
 
@@ -78,13 +61,12 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   // before StartStreaming with the timeout the peer announced in its Hello.
   void AdaptToPeerTimeout(std::chrono::milliseconds peer_timeout);
 
-  // Streaming phase. `handler` is borrowed until OnClosed has run.
-  void StartStreaming(FrameHandler* handler);
-  // Queues a frame. `payload` is borrowed until the frame is sent or the link closes.
+  // Streaming phase (FrameLink).
+  void StartStreaming(FrameHandler* handler) override;
   void Send(FrameType type, const google::protobuf::MessageLite& message,
-            std::span<const std::byte> payload = {});
-  void Close(base::Status why);
-  bool closed() const { return closed_; }
+            std::span<const std::byte> payload = {}) override;
+  void Close(base::Status why) override;
+  bool closed() const override { return closed_; }
 
   uint64_t sent_frames() const { return sent_frames_; }
   uint64_t received_frames() const { return received_frames_; }

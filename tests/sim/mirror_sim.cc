@@ -1,11 +1,14 @@
 // The mirror simulation. One schedule, from one seed:
 //
 // What runs for real: mirror::Volume (range locks, intent marking, fan-out, group commit, the
-// acknowledgement rule), mirror::WriteIntentLog (its bitmap pages written through a SimStore
-// that can lose or tear them, reloaded after a crash through the real page codec exactly as
-// MetadataFile::ReadBitmap does), mirror::GroupCommit on both hosts, mirror::Resync (rate 0, so
-// its timer never runs) and the generation logic (DecideSync, DivergeFromPeer,
-// RememberGeneration).
+// acknowledgement rule), mirror::WriteIntentLog on both hosts (its bitmap pages written through
+// a SimStore that can lose or tear them, reloaded after a crash through the real page codec
+// exactly as MetadataFile::ReadBitmap does), mirror::GroupCommit on both hosts,
+// mirror::Resync (rate 0, so its timer never runs), the generation logic (DecideSync,
+// DivergeFromPeer, RememberGeneration, FollowPrimaryGeneration) and, on the secondary, the
+// shipped mirror::ReplicaApplier: each operation reaches it as the protobuf frame the
+// Replicator would send, over a SimLink (transport::FrameLink), and its Acks go back the same
+// way; its superblock changes go to a MemorySuperblock.
 //
 // What is modelled, following the production code line by line:
 //   - SimReplicator is mirror::Replicator under `degrade` with the TCP transport replaced by a
@@ -15,11 +18,9 @@
 //     OnResyncFinished (ResyncDone; on its ack bitmap := current) and CleanOnce (BeginClean,
 //     local group-committed datasync, peer Flush, FinishClean only if the link epoch, the
 //     connection and the peer's UpToDate state are unchanged).
-//   - Secondary is ReplicaApplier plus the secondary half of PeerListener's handshake: it
-//     records the plan's generation and disk state, waits until operations of earlier links
-//     are done (WaitIdle) before Ready, applies writes concurrently, acknowledges durable
-//     operations after a group-committed datasync covering them, and at ResyncDone adopts the
-//     primary's generation and becomes UpToDate.
+//   - The secondary's half of PeerListener's handshake: it records the plan's generation and
+//     disk state (FollowPrimaryGeneration), waits until the applier has finished operations of
+//     earlier links (idle) before Ready, and hands the applier the new connection.
 //   - The Wire is one TCP connection: FIFO in each direction, any delay (delivery is a random
 //     action). A bad frame or a dead host is a cut: the connection closes, a random prefix of
 //     what was in flight to the secondary still arrives (it was in its socket buffer), the rest
@@ -41,14 +42,19 @@
 // each fault strikes, and whether the resync's buffer budget holds one block or many.
 // Optionally (ScheduleOptions::inject_write_eio) data-disk writes fail with EIO.
 //
+// A connection's end reaches the applier (OnClosed) once the secondary has read everything that
+// was in flight before the cut; only then may the primary dial again, as PeerListener refuses a
+// primary while the applier is attached.
+//
 // What is not modelled: failover (the secondary never becomes primary), the `block` policy,
 // a failing datasync (GroupCommit then fails the disk for good, and a schedule that must heal
-// cannot), a failing metadata disk, the wire encoding, checksums and authentication (covered
-// by unit and fuzz tests; a bad frame is a cut here), heartbeats and timers (no time passes:
-// the resync is unlimited, the clean interval is "whenever the schedule picks it"; the one
-// clock the engine reads for a decision, GroupCommit's sync-ahead window, is virtual here:
-// kStepTime per step, whatever the machine's speed), verify,
-// and the secondary's own write-intent bitmap (it only has marks from a time it was primary).
+// cannot), a failing metadata disk, the frame header, checksums and authentication (covered
+// by unit and fuzz tests; a bad frame is a cut here), DigestRequest (verify), heartbeats and
+// timers (no time passes: the resync is unlimited, the clean interval is "whenever the
+// schedule picks it"; the one clock the engine reads for a decision, GroupCommit's sync-ahead
+// window, is virtual here: kStepTime per step, whatever the machine's speed; both hosts'
+// GroupCommits read it).
+// The secondary's own write-intent bitmap is real but stays empty: it never is primary here.
 // Generations come from NewGeneration (random), but only their equality matters and the trace
 // names them g1, g2, ...: a replayed seed takes the same path and prints the same trace.
 //
@@ -60,8 +66,12 @@
 
 #include "tests/sim/mirror_sim.h"
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -71,10 +81,13 @@
 #include "base/buffer_pool.h"
 #include "mirror/generations.h"
 #include "mirror/metadata.h"
+#include "mirror/replica_applier.h"
 #include "mirror/resync.h"
 #include "mirror/volume.h"
 #include "mirror/write_intent_log.h"
 #include "tests/sim/sim_store.h"
+#include "transport/frame_link.h"
+#include "transport/peer.pb.h"
 
 namespace sim {
 namespace {
@@ -86,6 +99,7 @@ using mirror::Generations;
 using mirror::PeerDone;
 using mirror::PeerOutcome;
 using mirror::SyncKind;
+namespace pb = nbdmirror::peer;
 
 constexpr uint64_t kRegionBytes = 4096;
 constexpr uint64_t kRegions = 64;
@@ -94,10 +108,20 @@ constexpr size_t kMaxOutstanding = 6;
 constexpr int kMaxHealSteps = 200000;
 
 // The superblock of one host (durable when changed; see above).
-struct Meta {
-  Generations gens;
-  DiskState disk = DiskState::kUpToDate;
-  DiskState peer_disk = DiskState::kInconsistent;
+using Meta = mirror::VolumeMetadata;
+
+// The secondary's superblock, as the shipped ReplicaApplier changes it.
+class MemorySuperblock final : public mirror::Superblock {
+ public:
+  explicit MemorySuperblock(Meta& md) : md_(md) {}
+  const Meta& get() const override { return md_; }
+  Status Update(const std::function<void(Meta&)>& change) override {
+    change(md_);
+    return Status::Ok();
+  }
+
+ private:
+  Meta& md_;
 };
 
 struct Msg {
@@ -343,30 +367,64 @@ class SimReplicator final : public mirror::PeerLink {
   uint64_t cleared_regions_ = 0;
 };
 
-// ReplicaApplier plus the secondary's half of the handshake; see the file comment.
-class Secondary {
+// One connection as the secondary sees it: frames in order, its acknowledgements back onto the
+// Wire while it is the open one, and its end (OnClosed, posted as PeerConnection does) once
+// everything the primary sent before the cut has been read.
+class SimLink final : public transport::FrameLink {
  public:
-  Secondary(World& world, SimStore& store, Meta& md)
-      : world_(world),
-        store_(store),
-        md_(md),
-        io_(std::make_unique<asio::io_context>()),
-        group_commit_(*io_, store) {}
+  SimLink(World& world, asio::io_context& io, uint64_t wire)
+      : world_(world), io_(io), wire_(wire) {}
 
-  asio::io_context& io() { return *io_; }
-  bool idle() const { return ops_in_flight_ == 0; }
-  void Receive(const Msg& msg);
+  void StartStreaming(transport::FrameHandler* handler) override { handler_ = handler; }
+  void Send(transport::FrameType type, const google::protobuf::MessageLite& message,
+            std::span<const std::byte> payload) override;
+  void Close(Status why) override;
+  bool closed() const override { return closed_; }
+
+  void Deliver(transport::Frame frame) { handler_->OnFrame(std::move(frame)); }
+  void End(const Status& why);
 
  private:
-  void Finish(uint64_t wire, uint64_t seq, bool durable, const Status& status);
-  void SendAck(uint64_t wire, uint64_t seq, const Status& status);
-
   World& world_;
-  SimStore& store_;
-  Meta& md_;
+  asio::io_context& io_;
+  const uint64_t wire_;
+  transport::FrameHandler* handler_ = nullptr;
+  bool closed_ = false;
+};
+
+// The secondary: the shipped mirror::ReplicaApplier over SimLinks, its own write-intent log on
+// a SimStore, plus the secondary's half of PeerListener's handshake (World::DeliverPlan).
+class Secondary {
+ public:
+  Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
+            const std::vector<uint8_t>& bits);
+  ~Secondary() {
+    // A crash: the applier (and the store callbacks it left queued) go before the io_context.
+    applier_.reset();
+    link_.reset();
+    log_.reset();
+    io_.reset();
+  }
+
+  asio::io_context& io() { return *io_; }
+  bool idle() const { return applier_->idle(); }
+  bool attached() const { return applier_->attached(); }
+  mirror::ReplicaApplier& applier() { return *applier_; }
+  // PeerListener's last step: the applier takes the new connection.
+  void Attach(uint64_t wire);
+  // A frame off the connection, encoded as the Replicator encodes it.
+  void Receive(const Msg& msg);
+  // The connection's end has been read: the applier lets go of it.
+  void EndOfLink(const Status& why);
+
+ private:
+  World& world_;
+  MemorySuperblock superblock_;
   std::unique_ptr<asio::io_context> io_;
-  mirror::GroupCommit group_commit_;
-  int ops_in_flight_ = 0;
+  std::unique_ptr<base::BufferPool> pool_;
+  std::unique_ptr<mirror::WriteIntentLog> log_;
+  std::unique_ptr<mirror::ReplicaApplier> applier_;
+  std::shared_ptr<SimLink> link_;
 };
 
 // The primary's engine, rebuilt at every restart.
@@ -411,10 +469,16 @@ class World {
         primary_data_("A.data", kVolumeBytes),
         primary_meta_("A.meta", mirror::kBitmapOffsetBytes +
                                     mirror::BitmapPageCount(kRegions) * mirror::kBitmapPageBytes),
-        secondary_data_("B.data", kVolumeBytes) {}
+        secondary_data_("B.data", kVolumeBytes),
+        secondary_meta_("B.meta", primary_meta_.size_bytes()) {}
 
   ScheduleResult Run();
-  ~World() { GenerationNames().clear(); }
+  ~World() {
+    for (SimStore* store : {&primary_data_, &primary_meta_, &secondary_data_, &secondary_meta_}) {
+      store->DropPending();
+    }
+    GenerationNames().clear();
+  }
 
   // For the engine models.
   Wire& wire() { return wire_; }
@@ -449,7 +513,10 @@ class World {
 
   void Setup();
   void StartPrimary();
-  void StartSecondary() { secondary_ = std::make_unique<Secondary>(*this, secondary_data_, smd_); }
+  void StartSecondary();
+  // The bitmap as MetadataFile::ReadBitmap loads it from `meta`'s durable image: a page
+  // failing its checksum is all set. `torn` counts those pages.
+  static std::vector<uint8_t> LoadBitmap(const SimStore& meta, uint64_t& torn);
   void CrashPrimary();
   void CrashSecondary();
   void Drain();
@@ -481,6 +548,7 @@ class World {
   SimStore primary_data_;
   SimStore primary_meta_;
   SimStore secondary_data_;
+  SimStore secondary_meta_;
   Meta pmd_;
   Meta smd_;
   mirror::Mode mode_ = mirror::Mode::kSync;
@@ -684,66 +752,119 @@ void SimReplicator::StartClean() {
   });
 }
 
-void Secondary::Receive(const Msg& msg) {
-  const uint64_t wire = msg.wire;
-  const uint64_t seq = msg.seq;
-  const bool durable = msg.durable;
-  switch (msg.kind) {
-    case Msg::Kind::kWrite:
-    case Msg::Kind::kZero: {
-      ++ops_in_flight_;
-      auto finish = [this, wire, seq, durable](const Status& result) {
-        Finish(wire, seq, durable, result);
-      };
-      Status st = msg.kind == Msg::Kind::kWrite
-                      ? store_.Write(msg.offset_bytes, msg.data, finish)
-                      : store_.ZeroRange(msg.offset_bytes, msg.length_bytes, {}, finish);
-      if (!st.ok()) {
-        asio::post(*io_, [this, wire, seq, st] { Finish(wire, seq, false, st); });
-      }
-      return;
-    }
-    case Msg::Kind::kFlush:
-    case Msg::Kind::kResyncDone: {
-      ++ops_in_flight_;
-      const uint64_t gen = msg.kind == Msg::Kind::kResyncDone ? msg.current_gen : 0;
-      group_commit_.RequestDurable([this, wire, seq, gen](const Status& st) {
-        if (st.ok() && gen != 0) {
-          // FinishResync. (ClearAll of this node's own bitmap: it never was primary here.)
-          if (md_.gens.current != gen) {
-            mirror::RememberGeneration(md_.gens, md_.gens.current);
-          }
-          md_.gens.current = gen;
-          md_.gens.bitmap = gen;
-          md_.gens.current_shared = true;
-          md_.disk = DiskState::kUpToDate;
-          world_.Trace("B resync done: UpToDate at " + Gen(gen));
-        }
-        --ops_in_flight_;
-        SendAck(wire, seq, st);
-      });
-      return;
-    }
-  }
-}
-
-void Secondary::Finish(uint64_t wire, uint64_t seq, bool durable, const Status& status) {
-  if (status.ok()) {
-    group_commit_.NoteWriteCompleted();
-  }
-  if (!status.ok() || !durable) {
-    --ops_in_flight_;
-    SendAck(wire, seq, status);
+void SimLink::Send(transport::FrameType type, const google::protobuf::MessageLite& message,
+                   std::span<const std::byte> payload) {
+  if (closed_) {
     return;
   }
-  group_commit_.RequestDurable([this, wire, seq](const Status& synced) {
-    --ops_in_flight_;
-    SendAck(wire, seq, synced);
-  });
+  // The applier only acknowledges (the simulation sends no DigestRequest).
+  pb::Ack ack;
+  if (type != transport::FrameType::kAck || !payload.empty() ||
+      !ack.ParseFromString(message.SerializeAsString())) {
+    world_.Fail(std::string("the secondary sent an unexpected ") + transport::FrameTypeName(type));
+    return;
+  }
+  world_.SendAck(wire_, ack.seq(), static_cast<int>(ack.error()));
 }
 
-void Secondary::SendAck(uint64_t wire, uint64_t seq, const Status& status) {
-  world_.SendAck(wire, seq, status.errno_value());
+void SimLink::Close(Status why) {
+  // The applier drops a link only for an invalid operation, and the primary sends none.
+  world_.Fail("the secondary dropped link " + std::to_string(wire_) + ": " + why.ToString());
+  End(why);
+}
+
+void SimLink::End(const Status& why) {
+  if (closed_) {
+    return;
+  }
+  closed_ = true;
+  if (handler_ != nullptr) {
+    asio::post(io_, [handler = handler_, why] { handler->OnClosed(why); });
+  }
+}
+
+Secondary::Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
+                     const std::vector<uint8_t>& bits)
+    : world_(world),
+      superblock_(md),
+      io_(std::make_unique<asio::io_context>()),
+      // Room for every frame the wire can hold: PeerConnection would stop reading instead.
+      pool_(std::make_unique<base::BufferPool>(64 << 20)),
+      log_(std::make_unique<mirror::WriteIntentLog>(*io_, &meta, kVolumeBytes, kRegionBytes, bits)),
+      applier_(std::make_unique<mirror::ReplicaApplier>(*io_, data, superblock_, *log_)) {
+  applier_->group_commit().SetClock([&world] { return world.VirtualNow(); });
+}
+
+void Secondary::Attach(uint64_t wire) {
+  link_ = std::make_shared<SimLink>(world_, *io_, wire);
+  applier_->Attach(link_, "A");
+}
+
+void Secondary::EndOfLink(const Status& why) {
+  if (link_) {
+    link_->End(why);
+    link_.reset();
+  }
+}
+
+void Secondary::Receive(const Msg& msg) {
+  // As Replicator::ReplicateWrite/Zero/Flush, StartResync and OnResyncFinished encode them.
+  transport::Frame frame;
+  std::string message;
+  switch (msg.kind) {
+    case Msg::Kind::kWrite: {
+      pb::Write write;
+      write.set_seq(msg.seq);
+      write.set_offset_bytes(msg.offset_bytes);
+      write.set_length_bytes(static_cast<uint32_t>(msg.data.size()));
+      write.set_durable(msg.durable);
+      write.set_resync(msg.resync);
+      message = write.SerializeAsString();
+      frame.type = transport::FrameType::kWrite;
+      std::optional<base::Buffer> payload = pool_->TryAcquire(msg.data.size());
+      if (!payload) {
+        world_.Fail("the secondary's frame pool is spent");
+        return;
+      }
+      std::copy(msg.data.begin(), msg.data.end(), payload->data());
+      frame.payload = std::move(*payload);
+      break;
+    }
+    case Msg::Kind::kZero: {
+      pb::Zero zero;
+      zero.set_seq(msg.seq);
+      zero.set_offset_bytes(msg.offset_bytes);
+      zero.set_length_bytes(msg.length_bytes);
+      zero.set_durable(msg.durable);
+      zero.set_discard(msg.discard);
+      zero.set_may_punch_hole(msg.resync);
+      message = zero.SerializeAsString();
+      frame.type = transport::FrameType::kZero;
+      break;
+    }
+    case Msg::Kind::kFlush: {
+      pb::Flush flush;
+      flush.set_seq(msg.seq);
+      message = flush.SerializeAsString();
+      frame.type = transport::FrameType::kFlush;
+      break;
+    }
+    case Msg::Kind::kResyncDone: {
+      pb::ResyncDone done;
+      done.set_seq(msg.seq);
+      done.set_current_gen(msg.current_gen);
+      message = done.SerializeAsString();
+      frame.type = transport::FrameType::kResyncDone;
+      break;
+    }
+  }
+  frame.message.resize(message.size());
+  std::memcpy(frame.message.data(), message.data(), message.size());
+  if (!link_) {
+    world_.Fail("a frame reached the secondary with no connection attached");
+    return;
+  }
+  link_->Deliver(std::move(frame));
 }
 
 void World::Cut(const std::string& why, bool primary_notices, bool prefix_arrives) {
@@ -762,6 +883,9 @@ void World::Cut(const std::string& why, bool primary_notices, bool prefix_arrive
         " of " + std::to_string(wire_.to_secondary.size()) + " in flight still arrive");
   wire_.to_secondary.clear();
   wire_.to_primary.clear();
+  if (stale_.empty()) {
+    secondary_->EndOfLink(Status::Error(ECONNRESET, why));
+  }
   ++result_.cuts;
   if (handshake_ != Handshake::kNone) {
     primary_->link->AbortHandshake();
@@ -793,6 +917,7 @@ void World::Setup() {
                                 mirror::kBitmapPageBytes));
   }
   primary_meta_.Initialize(meta);
+  secondary_meta_.Initialize(meta);
   const uint64_t g0 = mirror::NewGeneration();
   pmd_.gens.current = g0;
   pmd_.disk = DiskState::kUpToDate;
@@ -837,15 +962,12 @@ void World::Setup() {
   StartSecondary();
 }
 
-void World::StartPrimary() {
-  ++incarnation_;
-  // The bitmap as MetadataFile::ReadBitmap loads it: a page failing its checksum is all set.
+std::vector<uint8_t> World::LoadBitmap(const SimStore& meta, uint64_t& torn) {
   const uint64_t pages = mirror::BitmapPageCount(kRegions);
   std::vector<uint8_t> bits(pages * mirror::kBitmapAreaBytes, 0);
-  uint64_t torn = 0;
   for (uint64_t p = 0; p < pages; ++p) {
     std::span<const std::byte> page(
-        primary_meta_.durable().data() + mirror::kBitmapOffsetBytes + p * mirror::kBitmapPageBytes,
+        meta.durable().data() + mirror::kBitmapOffsetBytes + p * mirror::kBitmapPageBytes,
         mirror::kBitmapPageBytes);
     std::span<uint8_t> area(bits.data() + p * mirror::kBitmapAreaBytes, mirror::kBitmapAreaBytes);
     if (!mirror::DecodeBitmapPage(static_cast<uint32_t>(p), page, area)) {
@@ -856,6 +978,22 @@ void World::StartPrimary() {
   for (uint64_t r = kRegions; r < pages * mirror::kBitsPerPage; ++r) {
     bits[r / 8] &= static_cast<uint8_t>(~(1u << (r % 8)));
   }
+  return bits;
+}
+
+void World::StartSecondary() {
+  uint64_t torn = 0;
+  const std::vector<uint8_t> bits = LoadBitmap(secondary_meta_, torn);
+  secondary_ = std::make_unique<Secondary>(*this, secondary_data_, secondary_meta_, smd_, bits);
+  if (torn > 0) {
+    Trace("B starts with a torn bitmap page");
+  }
+}
+
+void World::StartPrimary() {
+  ++incarnation_;
+  uint64_t torn = 0;
+  const std::vector<uint8_t> bits = LoadBitmap(primary_meta_, torn);
   auto engine = std::make_unique<PrimaryEngine>();
   engine->io = std::make_unique<asio::io_context>();
   engine->pool = std::make_unique<base::BufferPool>(pool_bytes_);
@@ -903,6 +1041,7 @@ void World::CrashSecondary() {
   Cut("secondary crashed", /*primary_notices=*/true, /*prefix_arrives=*/false);
   stale_.clear();
   Trace(secondary_data_.Crash(rng_));
+  Trace(secondary_meta_.Crash(rng_));
   secondary_.reset();
   StartSecondary();
 }
@@ -1023,7 +1162,8 @@ void World::CompleteRandom(SimStore& store) {
 
 void World::DeliverToSecondary() {
   Msg msg;
-  if (!stale_.empty()) {
+  const bool from_stale = !stale_.empty();
+  if (from_stale) {
     msg = std::move(stale_.front());
     stale_.pop_front();
   } else {
@@ -1034,7 +1174,11 @@ void World::DeliverToSecondary() {
   Trace("B receives link " + std::to_string(msg.wire) + " seq " + std::to_string(msg.seq) + " " +
         kNames[static_cast<int>(msg.kind)] + " " + std::to_string(msg.offset_bytes) + "+" +
         std::to_string(msg.length_bytes) + (msg.resync ? " (resync)" : ""));
+  const bool last_of_cut = from_stale && stale_.empty();
   secondary_->Receive(msg);
+  if (last_of_cut) {
+    secondary_->EndOfLink(Status::Error(ECONNRESET, "link cut"));
+  }
 }
 
 void World::DeliverAck() {
@@ -1082,19 +1226,17 @@ void World::Dial() {
 }
 
 void World::DeliverPlan() {
-  if (smd_.gens.current != plan_target_) {
-    mirror::RememberGeneration(smd_.gens, smd_.gens.current);
-  }
-  smd_.gens.current = plan_target_;
-  smd_.gens.bitmap = plan_target_;
-  smd_.gens.current_shared = true;
-  smd_.disk = plan_resync_ ? DiskState::kInconsistent : DiskState::kUpToDate;
+  // PeerListener::Handshake: without a resync the primary vouches the copies are identical and
+  // the secondary's own marks are moot (its ClearAll completes at once: it never marks here).
+  mirror::FollowPrimaryGeneration(smd_, plan_target_,
+                                  plan_resync_ ? DiskState::kInconsistent : DiskState::kUpToDate);
   handshake_ = Handshake::kRecorded;
   Trace("B recorded plan: " + GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk));
 }
 
 void World::Ready() {
   handshake_ = Handshake::kNone;
+  secondary_->Attach(wire_.id);
   Trace("link " + std::to_string(wire_.id) + " up");
   primary_->link->OnConnected(plan_resync_);
 }
@@ -1114,6 +1256,9 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
   if (secondary_data_.pending_count() > 0) {
     add(200, [this] { CompleteRandom(secondary_data_); });
   }
+  if (secondary_meta_.pending_count() > 0) {
+    add(100, [this] { CompleteRandom(secondary_meta_); });
+  }
   if (!stale_.empty() || (wire_.open && !wire_.to_secondary.empty())) {
     add(150, [this] { DeliverToSecondary(); });
   }
@@ -1121,7 +1266,9 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
     add(150, [this] { DeliverAck(); });
   }
   const bool link_down = !wire_.open && handshake_ == Handshake::kNone;
-  if (link_down && stale_.empty() && (options_.writes_during_handshake || outstanding_ == 0)) {
+  // PeerListener refuses a primary while the applier still holds the previous connection.
+  if (link_down && stale_.empty() && !secondary_->attached() &&
+      (options_.writes_during_handshake || outstanding_ == 0)) {
     add(healing ? 50 : 30, [this] { Dial(); });
   }
   if (handshake_ == Handshake::kPlanSent) {
@@ -1360,6 +1507,9 @@ ScheduleResult World::Run() {
 }  // namespace
 
 ScheduleResult RunSchedule(const ScheduleOptions& options) {
+  // The engine's own log lines (a link dropped, a resync done) are part of every schedule; the
+  // trace says what happened, and a failure prints it.
+  spdlog::set_level(spdlog::level::off);
   World world(options);
   return world.Run();
 }

@@ -1,8 +1,9 @@
 #pragma once
 // The deterministic mirror simulation: one seeded schedule of client I/O, disk completions in
 // random order, link delays and cuts, and crashes of either host, run on the real engine
-// (mirror::Volume, WriteIntentLog, GroupCommit, Resync, DecideSync / DivergeFromPeer) over
-// simulated disks (tests/sim/sim_store.h) and a simulated peer link, then healed and checked.
+// (mirror::Volume, WriteIntentLog, GroupCommit, Resync, DecideSync / DivergeFromPeer, and the
+// secondary's ReplicaApplier) over simulated disks (tests/sim/sim_store.h) and a simulated peer
+// link, then healed and checked.
 // See mirror_sim.cc for what is modelled and how; mirror_sim_test.cc for how it is run.
 
 #include <cstdint>

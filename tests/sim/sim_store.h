@@ -177,6 +177,10 @@ class SimStore final : public mirror::LocalStore {
            std::to_string(torn) + " torn)";
   }
 
+  // The end of a schedule: operations never completed are dropped with their callbacks (which
+  // may hold buffers of an engine about to go).
+  void DropPending() { pending_.clear(); }
+
   const std::vector<std::byte>& data() const { return data_; }
   const std::vector<std::byte>& durable() const { return durable_; }
   // Sets both views (initial contents).
