@@ -30,9 +30,9 @@ pb::DiskState ToWire(DiskState state) {
 
 }  // namespace
 
-PeerListener::PeerListener(asio::io_context& io, PeerListenerOptions options,
-                           MetadataFile& metadata, WriteIntentLog& intent_log,
-                           base::BufferPool& pool, ReplicaApplier* applier)
+PeerListener::PeerListener(asio::io_context& io, PeerListenerOptions options, Superblock& metadata,
+                           WriteIntentLog& intent_log, base::BufferPool& pool,
+                           ReplicaApplier* applier)
     : io_(io),
       options_(std::move(options)),
       metadata_(metadata),
@@ -94,18 +94,26 @@ asio::awaitable<void> PeerListener::Handle(asio::ip::tcp::socket socket) {
   auto link = std::make_shared<transport::PeerConnection>(
       std::make_unique<transport::PeerStream>(std::move(socket), options_.tls), pool_,
       options_.timing);
-  Status st = co_await Handshake(link);
-  if (!st.ok()) {
-    ++refused_count_;
-    spdlog::warn("peer connection from {} refused: {}", link->remote(), st.ToString());
-    link->Close(st);
+  if (Status st = co_await link->Authenticate(options_.secret, /*dialer=*/false); !st.ok()) {
+    Refused(*link, st);
+    co_return;
+  }
+  co_await Serve(link);
+}
+
+asio::awaitable<void> PeerListener::Serve(std::shared_ptr<transport::MessageLink> link) {
+  if (Status st = co_await Handshake(link); !st.ok()) {
+    Refused(*link, st);
   }
 }
 
-asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerConnection> link) {
-  if (Status st = co_await link->Authenticate(options_.secret, /*dialer=*/false); !st.ok()) {
-    co_return st;
-  }
+void PeerListener::Refused(transport::MessageLink& link, const Status& why) {
+  ++refused_count_;
+  spdlog::warn("peer connection from {} refused: {}", link.remote(), why.ToString());
+  link.Close(why);
+}
+
+asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::MessageLink> link) {
   pb::Hello hello;
   if (Status st = co_await link->Expect(FrameType::kHello, hello); !st.ok()) {
     co_return st;
@@ -234,7 +242,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::PeerC
 
 namespace mirror {
 
-asio::awaitable<Status> PeerListener::SendBitmap(transport::PeerConnection& link) {
+asio::awaitable<Status> PeerListener::SendBitmap(transport::MessageLink& link) {
   // Messages stay well under the 64 KiB message limit: a run is two varints of at most 10 bytes.
   constexpr int kRunsPerMessage = 2000;
   const std::vector<ByteRange> runs = intent_log_.MarkedRuns();

@@ -35,11 +35,15 @@ struct PeerListenerOptions {
 class PeerListener {
  public:
   // `applier` is null on a primary. Everything is borrowed.
-  PeerListener(asio::io_context& io, PeerListenerOptions options, MetadataFile& metadata,
+  PeerListener(asio::io_context& io, PeerListenerOptions options, Superblock& metadata,
                WriteIntentLog& intent_log, base::BufferPool& pool, ReplicaApplier* applier);
 
   base::Status Listen(const base::Endpoint& endpoint);
   void Stop();
+  // Runs the handshake on an authenticated link and, if it succeeds, hands the link to the
+  // applier; a refusal is counted, logged and closes the link. Listen's accepted connections
+  // come here after authentication; the mirror simulation hands over its own links.
+  asio::awaitable<void> Serve(std::shared_ptr<transport::MessageLink> link);
   uint64_t refused_count() const { return refused_count_; }
   // Why the last primary was refused for split brain, being behind, or unrelated data; "" if the
   // last handshake got past that check.
@@ -48,12 +52,13 @@ class PeerListener {
  private:
   asio::awaitable<void> AcceptLoop();
   asio::awaitable<void> Handle(asio::ip::tcp::socket socket);
-  asio::awaitable<base::Status> Handshake(std::shared_ptr<transport::PeerConnection> link);
-  asio::awaitable<base::Status> SendBitmap(transport::PeerConnection& link);
+  asio::awaitable<base::Status> Handshake(std::shared_ptr<transport::MessageLink> link);
+  asio::awaitable<base::Status> SendBitmap(transport::MessageLink& link);
+  void Refused(transport::MessageLink& link, const base::Status& why);
 
   asio::io_context& io_;
   PeerListenerOptions options_;
-  MetadataFile& metadata_;
+  Superblock& metadata_;
   WriteIntentLog& intent_log_;
   base::BufferPool& pool_;
   ReplicaApplier* applier_;

@@ -23,7 +23,7 @@ const char* ConnectionStateName(ConnectionState state) {
   return "?";
 }
 
-Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, MetadataFile& metadata,
+Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, Superblock& metadata,
                        WriteIntentLog& intent_log, base::BufferPool& pool,
                        bool peer_disk_known_good)
     : io_(io),
@@ -33,7 +33,14 @@ Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, Metadata
       pool_(pool),
       peer_disk_(peer_disk_known_good ? DiskState::kUpToDate : DiskState::kOutdated) {}
 
-Replicator::~Replicator() { intent_log_.set_mark_ahead_allowed(nullptr); }
+Replicator::~Replicator() {
+  intent_log_.set_mark_ahead_allowed(nullptr);
+  for (const auto& weak : unfinished_resyncs_) {
+    if (auto resync = weak.lock()) {
+      resync->Abandon();
+    }
+  }
+}
 
 void Replicator::Start() {
   CHECK(volume_ != nullptr);
@@ -41,7 +48,7 @@ void Replicator::Start() {
   // is busy anyway (see CleanLoop), so chunk-sized marks cost nothing more and spare a scattered
   // workload a metadata write per region. While the peer is away the marks are exactly what its
   // resync will copy, so they stay region-sized.
-  intent_log_.set_mark_ahead_bytes(kMarkAheadBytes);
+  intent_log_.set_mark_ahead_bytes(options_.mark_ahead_bytes);
   intent_log_.set_mark_ahead_allowed([this] {
     return Streaming() && peer_disk_ == DiskState::kUpToDate;
   });
@@ -78,8 +85,18 @@ bool Replicator::PeerInSync() const {
   return Streaming() && peer_disk_ == DiskState::kUpToDate && pending_.empty() && held_.empty();
 }
 
+asio::awaitable<void> Replicator::Sleep(std::chrono::milliseconds duration) {
+  if (options_.sleep) {
+    co_await options_.sleep(duration);
+    co_return;
+  }
+  asio::steady_timer timer(io_);
+  timer.expires_after(duration);
+  boost::system::error_code ec;
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+}
+
 asio::awaitable<void> Replicator::DialLoop() {
-  asio::steady_timer retry(io_);
   while (!stopping_) {
     Status st = co_await ConnectOnce();
     if (st.ok()) {
@@ -99,9 +116,7 @@ asio::awaitable<void> Replicator::DialLoop() {
       break;
     }
     connection_ = ConnectionState::kConnecting;
-    retry.expires_after(options_.retry_interval);
-    boost::system::error_code ec;
-    co_await retry.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_await Sleep(options_.retry_interval);
   }
   connection_ = ConnectionState::kStandalone;
 }
@@ -132,7 +147,7 @@ Status Replicator::CheckPeerHello(const google::protobuf::MessageLite& message) 
   return Status::Ok();
 }
 
-asio::awaitable<Status> Replicator::ConnectOnce() {
+asio::awaitable<base::Result<std::shared_ptr<transport::MessageLink>>> Replicator::DialTcp() {
   asio::ip::tcp::socket socket(io_);
   boost::system::error_code ec;
   asio::ip::tcp::resolver resolver(io_);
@@ -161,6 +176,22 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   if (Status st = co_await link->Authenticate(options_.secret, /*dialer=*/true); !st.ok()) {
     co_return st;
   }
+  co_return std::shared_ptr<transport::MessageLink>(std::move(link));
+}
+
+asio::awaitable<Status> Replicator::ConnectOnce() {
+  // Not one co_await of a conditional expression: GCC 12 destroys its temporary awaitable twice.
+  base::Result<std::shared_ptr<transport::MessageLink>> dialed =
+      Status::Error(ENOTCONN, "not dialed");
+  if (options_.dial) {
+    dialed = co_await options_.dial();
+  } else {
+    dialed = co_await DialTcp();
+  }
+  if (!dialed.ok()) {
+    co_return dialed.status();
+  }
+  std::shared_ptr<transport::MessageLink> link = std::move(dialed.value());
   const auto& md = metadata_.get();
   pb::Hello hello;
   hello.set_protocol_version(transport::kPeerProtocolVersion);
@@ -219,8 +250,7 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
 }
 
 asio::awaitable<Status> Replicator::Negotiate(const pb::Hello& peer_hello,
-                                              transport::PeerConnection& link,
-                                              pb::SyncPlan& plan) {
+                                              transport::MessageLink& link, pb::SyncPlan& plan) {
   if (Status st = co_await Plan(peer_hello, link, plan); !st.ok()) {
     pb::Refuse refuse;
     refuse.set_reason(st.message());
@@ -248,11 +278,11 @@ void Replicator::CompleteHeldUnreplicated() {
   }
 }
 
-asio::awaitable<Status> Replicator::ReceivePeerBitmap(transport::PeerConnection& link,
+asio::awaitable<Status> Replicator::ReceivePeerBitmap(transport::MessageLink& link,
                                                       std::vector<ByteRange>& runs) {
   const uint64_t size = metadata_.get().size_bytes;
   // A run per region at most, so a peer cannot keep us reading forever.
-  const uint64_t max_runs = metadata_.region_count() + 1;
+  const uint64_t max_runs = RegionCount(size, metadata_.get().region_bytes) + 1;
   while (true) {
     pb::BitmapRuns message;
     if (Status st = co_await link.Expect(FrameType::kBitmapRuns, message); !st.ok()) {
@@ -275,8 +305,8 @@ asio::awaitable<Status> Replicator::ReceivePeerBitmap(transport::PeerConnection&
   }
 }
 
-asio::awaitable<Status> Replicator::Plan(const pb::Hello& peer_hello,
-                                         transport::PeerConnection& link, pb::SyncPlan& plan) {
+asio::awaitable<Status> Replicator::Plan(const pb::Hello& peer_hello, transport::MessageLink& link,
+                                         pb::SyncPlan& plan) {
   std::vector<ByteRange> peer_runs;
   if (Status st = co_await ReceivePeerBitmap(link, peer_runs); !st.ok()) {
     co_return st;
@@ -431,6 +461,8 @@ void Replicator::StartResync() {
       },
       options_.resync_rate_bytes_per_s);
   resync_ = resync;
+  std::erase_if(unfinished_resyncs_, [](const auto& weak) { return weak.expired(); });
+  unfinished_resyncs_.push_back(resync);
   spdlog::info("resync to {}: {} bytes marked", options_.peer_node_id,
                intent_log_.marked_bytes());
   // Counted live until the callback below settles it. Weak: the callback's own reference is
@@ -641,15 +673,12 @@ void Replicator::OnClosed(const Status& why) {
 namespace mirror {
 
 asio::awaitable<void> Replicator::CleanLoop() {
-  asio::steady_timer timer(io_);
   while (!stopping_) {
     // A cycle spans a whole interval: only regions no write touched during it may be cleared,
     // so regions written at least once an interval stay marked and cost no metadata I/O.
     const uint64_t epoch = link_epoch_;
     const uint64_t cycle = intent_log_.BeginClean();
-    timer.expires_after(options_.clean_interval);
-    boost::system::error_code ec;
-    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_await Sleep(options_.clean_interval);
     if (stopping_) {
       break;
     }
@@ -670,6 +699,7 @@ asio::awaitable<void> Replicator::CleanLoop() {
 
 asio::awaitable<void> Replicator::CleanOnce(uint64_t cycle) {
   const uint64_t epoch = link_epoch_;
+  cleaning_ = true;
   // Each flush covers every write completed before it started; writes after BeginClean mark
   // their regions touched, so they are not cleared this cycle.
   Status local = co_await AwaitDone(
@@ -695,6 +725,7 @@ asio::awaitable<void> Replicator::CleanOnce(uint64_t cycle) {
   } else {
     intent_log_.AbortClean();
   }
+  cleaning_ = false;
 }
 
 }  // namespace mirror

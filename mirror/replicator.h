@@ -87,17 +87,25 @@ struct ReplicatorOptions {
   std::chrono::milliseconds clean_interval{5000};
   // While the volume is busy, clean only once more than this is marked (see above).
   uint64_t keep_marked_bytes = 4ull << 30;
+  // With the peer in sync, marks cover aligned chunks of this size (see Start).
+  uint64_t mark_ahead_bytes = 1 << 20;
+
+  // For the mirror simulation: how a link is made and how time passes. Unset: TCP (TLS if
+  // `tls`) to peer_endpoint, authenticated with `secret`; asio timers.
+  using DialFn =
+      std::function<asio::awaitable<base::Result<std::shared_ptr<transport::MessageLink>>>()>;
+  using SleepFn = std::function<asio::awaitable<void>(std::chrono::milliseconds)>;
+  DialFn dial;
+  SleepFn sleep;
 };
 
 class Replicator final : public PeerLink, public transport::FrameHandler {
  public:
   // Everything is borrowed and must outlive the replicator. `peer_disk_known_good` says the
   // metadata recorded a clean shutdown with the peer UpToDate (for status until it connects).
-  Replicator(asio::io_context& io, ReplicatorOptions options, MetadataFile& metadata,
+  Replicator(asio::io_context& io, ReplicatorOptions options, Superblock& metadata,
              WriteIntentLog& intent_log, base::BufferPool& pool, bool peer_disk_known_good);
   ~Replicator() override;
-
-  static constexpr uint64_t kMarkAheadBytes = 1 << 20;
 
   void SetVolume(Volume* volume) { volume_ = volume; }
   void Start();
@@ -136,6 +144,8 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   // it was not), and the kind of the last sync decision ("" before the first).
   const std::string& sync_refusal() const { return sync_refusal_; }
   const std::string& last_sync_kind() const { return last_sync_kind_; }
+  // A clean cycle is flushing both copies before it clears regions.
+  bool cleaning() const { return cleaning_; }
   // Bytes copied by every resync of this run, running ones included; never decreases.
   uint64_t resynced_bytes_total() const { return resync_tally_.total(); }
   // True when every write since the start of this connection reached the peer, the peer is
@@ -154,21 +164,22 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   };
 
   asio::awaitable<void> DialLoop();
+  asio::awaitable<base::Result<std::shared_ptr<transport::MessageLink>>> DialTcp();
+  asio::awaitable<void> Sleep(std::chrono::milliseconds duration);
   asio::awaitable<base::Status> ConnectOnce();
   // Plan, SyncPlan, Ready: the part of the handshake during which client operations are held.
   asio::awaitable<base::Status> Negotiate(const nbdmirror::peer::Hello& peer_hello,
-                                          transport::PeerConnection& link,
+                                          transport::MessageLink& link,
                                           nbdmirror::peer::SyncPlan& plan);
   void CompleteHeldUnreplicated();
   base::Status CheckPeerHello(const google::protobuf::MessageLite& hello) const;
   // Reads the secondary's BitmapRuns.
-  asio::awaitable<base::Status> ReceivePeerBitmap(transport::PeerConnection& link,
+  asio::awaitable<base::Status> ReceivePeerBitmap(transport::MessageLink& link,
                                                   std::vector<ByteRange>& runs);
   // Receives the peer's bitmap, decides, and makes the plan durable; fills `plan`. A refusal
   // comes back as an error.
   asio::awaitable<base::Status> Plan(const nbdmirror::peer::Hello& peer_hello,
-                                     transport::PeerConnection& link,
-                                     nbdmirror::peer::SyncPlan& plan);
+                                     transport::MessageLink& link, nbdmirror::peer::SyncPlan& plan);
   asio::awaitable<void> CleanLoop();
   asio::awaitable<void> CleanOnce(uint64_t cycle);
   uint64_t NextSeq() { return next_seq_++; }
@@ -186,17 +197,21 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
 
   asio::io_context& io_;
   ReplicatorOptions options_;
-  MetadataFile& metadata_;
+  Superblock& metadata_;
   WriteIntentLog& intent_log_;
   base::BufferPool& pool_;
   Volume* volume_ = nullptr;
-  std::shared_ptr<transport::PeerConnection> link_;
+  std::shared_ptr<transport::MessageLink> link_;
   ConnectionState connection_ = ConnectionState::kStandalone;
   DiskState peer_disk_ = DiskState::kInconsistent;
   std::unordered_map<uint64_t, Pending> pending_;
   std::vector<Pending> held_;  // Block policy: waiting for the peer to come back.
   uint64_t next_seq_ = 1;
   std::shared_ptr<Resync> resync_;
+  // Every resync started whose completion callback may still come (a cancelled one finishes
+  // its blocks in flight first): abandoned at destruction, so none calls back into a gone
+  // replicator or keeps itself alive through its callback.
+  std::vector<std::weak_ptr<Resync>> unfinished_resyncs_;
   std::shared_ptr<Verifier> verifier_;
   ResyncProgress resync_progress_;
   uint64_t link_epoch_ = 0;  // Counts connections, so a clean cycle spans one link.

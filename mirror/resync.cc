@@ -36,6 +36,12 @@ void Resync::Cancel() {
   MaybeFinish();
 }
 
+void Resync::Abandon() {
+  cancelled_ = true;
+  rate_timer_.cancel();
+  finished_ = nullptr;
+}
+
 ResyncProgress Resync::progress() const {
   ResyncProgress p = progress_;
   const auto end = progress_.running ? std::chrono::steady_clock::now() : finished_at_;

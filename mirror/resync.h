@@ -74,6 +74,10 @@ class Resync : public std::enable_shared_from_this<Resync> {
 
   void Start(Finished finished);
   void Cancel();
+  // The owner is going away (a crash in the simulation, the end of the daemon): stop issuing
+  // blocks and never call `finished`, dropping it and whatever it holds. Blocks in flight
+  // finish through their callbacks, if those ever run, without reaching the owner.
+  void Abandon();
   ResyncProgress progress() const;
 
  private:

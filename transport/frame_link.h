@@ -1,18 +1,27 @@
 #pragma once
-// FrameLink: the streaming phase of a peer link, as the side that applies operations sees it.
-// PeerConnection implements it over a socket; the mirror simulation implements it over its
-// in-memory wire, so the shipped ReplicaApplier runs there unchanged.
+// FrameLink and MessageLink: a peer link as the mirror's state machines (Replicator,
+// PeerListener, ReplicaApplier) see it. PeerConnection implements them over a socket; the mirror
+// simulation implements them over its in-memory wire, so the shipped state machines run there
+// unchanged.
 //
-// Contract: after StartStreaming(handler), every verified frame reaches handler->OnFrame in
-// order, and the close (whatever its cause) reaches handler->OnClosed exactly once, posted to
-// the loop. Send() after the close is dropped. Loop thread only.
+// FrameLink is the streaming phase: after StartStreaming(handler), every verified frame reaches
+// handler->OnFrame in order, and the close (whatever its cause, Close() included) reaches
+// handler->OnClosed exactly once, posted to the loop. Send() after the close is dropped.
+//
+// MessageLink adds the handshake phase, before StartStreaming: coroutine calls that send one
+// message and read one frame. Authentication happens before a MessageLink is handed over.
+//
+// Loop thread only.
 
 #include <google/protobuf/message_lite.h>
 
+#include <chrono>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "base/asio.h"
 #include "base/buffer_pool.h"
 #include "base/status.h"
 #include "transport/frame.h"
@@ -47,6 +56,24 @@ class FrameLink {
                     std::span<const std::byte> payload = {}) = 0;
   virtual void Close(base::Status why) = 0;
   virtual bool closed() const = 0;
+};
+
+class MessageLink : public FrameLink {
+ public:
+  virtual const std::string& remote() const = 0;
+  virtual asio::awaitable<base::Status> SendMessage(
+      FrameType type, const google::protobuf::MessageLite& message) = 0;
+  // Reads one frame; `deadline` bounds how long a silent peer can hold the handshake.
+  virtual asio::awaitable<base::Result<Frame>> ReadFrame(std::chrono::milliseconds deadline) = 0;
+  // Heartbeats must come often enough for the stricter of the two sides' timeouts. Called
+  // before StartStreaming with the timeout the peer announced in its Hello.
+  virtual void AdaptToPeerTimeout(std::chrono::milliseconds peer_timeout) = 0;
+  // How long Expect waits for a frame.
+  virtual std::chrono::milliseconds handshake_deadline() const = 0;
+
+  // Reads one frame of the given type and parses it into `out`. A Refuse frame instead is an
+  // ECONNREFUSED error carrying the peer's reason.
+  asio::awaitable<base::Status> Expect(FrameType type, google::protobuf::MessageLite& out);
 };
 
 }  // namespace transport

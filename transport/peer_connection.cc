@@ -149,27 +149,6 @@ asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrame(
   co_return frame;
 }
 
-asio::awaitable<Status> PeerConnection::Expect(FrameType type,
-                                               google::protobuf::MessageLite& out) {
-  auto frame = co_await ReadFrame(timing_.timeout);
-  if (!frame.ok()) {
-    co_return frame.status();
-  }
-  if (frame.value().type == FrameType::kRefuse && type != FrameType::kRefuse) {
-    pb::Refuse refuse;
-    (void)frame.value().Parse(refuse);
-    co_return Status::Error(ECONNREFUSED, "peer refused: " + refuse.reason());
-  }
-  if (frame.value().type != type) {
-    co_return Status::Error(EPROTO, std::string("expected ") + FrameTypeName(type) + ", got " +
-                                        FrameTypeName(frame.value().type));
-  }
-  if (!frame.value().Parse(out)) {
-    co_return Status::Error(EPROTO, std::string(FrameTypeName(type)) + " does not parse");
-  }
-  co_return Status::Ok();
-}
-
 asio::awaitable<Status> PeerConnection::Authenticate(const std::string& secret, bool dialer) {
   if (Status st = co_await stream_->Handshake(dialer); !st.ok()) {
     co_return st;

@@ -40,26 +40,22 @@ struct LinkTiming {
   std::chrono::milliseconds timeout{5000};
 };
 
-class PeerConnection final : public FrameLink, public std::enable_shared_from_this<PeerConnection> {
+class PeerConnection final : public MessageLink,
+                             public std::enable_shared_from_this<PeerConnection> {
  public:
   // `pool` is borrowed and must outlive the connection.
   PeerConnection(std::unique_ptr<PeerStream> stream, base::BufferPool& pool, LinkTiming timing);
   ~PeerConnection() override;
 
-  const std::string& remote() const { return stream_->remote(); }
-
-  // Handshake phase (before StartStreaming).
+  // Handshake phase (before StartStreaming). Authenticate comes first, before the link is
+  // handed to the handshake as a MessageLink.
   asio::awaitable<base::Status> Authenticate(const std::string& secret, bool dialer);
+  const std::string& remote() const override { return stream_->remote(); }
   asio::awaitable<base::Status> SendMessage(FrameType type,
-                                            const google::protobuf::MessageLite& message);
-  // Reads one frame; `deadline` bounds how long a silent peer can hold the handshake.
-  asio::awaitable<base::Result<Frame>> ReadFrame(std::chrono::milliseconds deadline);
-  // Reads one frame of the given type and parses it into `out`.
-  asio::awaitable<base::Status> Expect(FrameType type, google::protobuf::MessageLite& out);
-
-  // Heartbeats must come often enough for the stricter of the two sides' timeouts. Call
-  // before StartStreaming with the timeout the peer announced in its Hello.
-  void AdaptToPeerTimeout(std::chrono::milliseconds peer_timeout);
+                                            const google::protobuf::MessageLite& message) override;
+  asio::awaitable<base::Result<Frame>> ReadFrame(std::chrono::milliseconds deadline) override;
+  void AdaptToPeerTimeout(std::chrono::milliseconds peer_timeout) override;
+  std::chrono::milliseconds handshake_deadline() const override { return timing_.timeout; }
 
   // Streaming phase (FrameLink).
   void StartStreaming(FrameHandler* handler) override;

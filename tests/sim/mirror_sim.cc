@@ -1,88 +1,85 @@
 // The mirror simulation. One schedule, from one seed:
 //
-// What runs for real: mirror::Volume (range locks, intent marking, fan-out, group commit, the
-// acknowledgement rule), mirror::WriteIntentLog on both hosts (its bitmap pages written through
-// a SimStore that can lose or tear them, reloaded after a crash through the real page codec
-// exactly as MetadataFile::ReadBitmap does), mirror::GroupCommit on both hosts,
-// mirror::Resync (rate 0, so its timer never runs), the generation logic (DecideSync,
-// DivergeFromPeer, RememberGeneration, FollowPrimaryGeneration) and, on the secondary, the
-// shipped mirror::ReplicaApplier: each operation reaches it as the protobuf frame the
-// Replicator would send, over a SimLink (transport::FrameLink), and its Acks go back the same
-// way; its superblock changes go to a MemorySuperblock.
+// What runs is the shipped engine of both hosts, unchanged:
+//   - the primary: mirror::Volume (range locks, intent marking, fan-out, group commit, the
+//     acknowledgement rule), mirror::Replicator (dialing, the handshake and its sync decision,
+//     streaming, loss of the peer under `degrade`, the resync through mirror::Resync, clean
+//     cycles, the generations it records), mirror::WriteIntentLog and mirror::GroupCommit;
+//   - the secondary: mirror::PeerListener's handshake (Serve), mirror::ReplicaApplier, its own
+//     WriteIntentLog and GroupCommit.
+// Each host has its own io_context; the schedule runs one action, then polls both until idle.
 //
-// What is modelled, following the production code line by line:
-//   - SimReplicator is mirror::Replicator under `degrade` with the TCP transport replaced by a
-//     Wire: SendOrHold, CompleteUnreplicated, RecordDivergence (new generation and peer Outdated
-//     recorded before any degraded completion), OnClosed, Plan (the handshake decision, the
-//     bitmap made durable before the generations are recorded), StartResync,
-//     OnResyncFinished (ResyncDone; on its ack bitmap := current) and CleanOnce (BeginClean,
-//     local group-committed datasync, peer Flush, FinishClean only if the link epoch, the
-//     connection and the peer's UpToDate state are unchanged).
-//   - The secondary's half of PeerListener's handshake: it records the plan's generation and
-//     disk state (FollowPrimaryGeneration), waits until the applier has finished operations of
-//     earlier links (idle) before Ready, and hands the applier the new connection.
-//   - The Wire is one TCP connection: FIFO in each direction, any delay (delivery is a random
-//     action). A bad frame or a dead host is a cut: the connection closes, a random prefix of
-//     what was in flight to the secondary still arrives (it was in its socket buffer), the rest
-//     and every ack in flight are lost. The secondary takes a new connection only after it has
-//     read the old one to its end, as PeerListener refuses while the applier is attached.
-//   - The superblock (generations, disk states) is durable as soon as it is updated, as
+// What is simulated around it:
+//   - Disks (tests/sim/sim_store.h): each host's data and metadata stores complete operations
+//     in any order the schedule picks; a crash drops every write not covered by a completed
+//     datasync (each may survive, survive torn or vanish).
+//   - Superblocks: a MemorySuperblock per host, durable as soon as it is updated, as
 //     MetadataFile::Update is a synchronous write and fdatasync of a double-buffered slot.
-//   - A crash of a host drops every write of its disks not covered by a completed datasync
-//     (each may survive, survive torn or vanish), destroys its engine and restarts it from
-//     what is durable. The primary restarts with peer_disk unknown (no clean shutdown) and the
-//     bitmap reloaded from its metadata store.
+//     Bitmap pages go through the metadata SimStore and are reloaded after a crash through the
+//     real page codec, exactly as MetadataFile::ReadBitmap does.
+//   - The network: the Replicator's dial and the listener's accept are replaced by Connect,
+//     which makes a Connection (one TCP connection: a FIFO of frames each way) with a SimEnd
+//     (transport::MessageLink) at each host. Frames carry the real protobuf messages and
+//     payloads; the schedule delivers them one at a time, in either direction, with any delay.
+//     A close (by an end, a network cut or a crash) ends the connection: a random prefix of
+//     what was in flight toward each surviving end still arrives (it was in a socket buffer),
+//     the rest is lost, and then that end sees the close.
+//   - Time: the Replicator's timers (the retry interval between dials, the clean interval) are
+//     Sleeps that end when the schedule says the interval has passed. GroupCommit's sync-ahead
+//     window reads a virtual clock, kStepTime per step, on both hosts.
+//   - The engine's log lines go into the schedule's trace (generations renamed g1, g2, ...).
 //
 // The schedule: client WRITE (some FUA, some unaligned, mostly into a few hot 4 KiB regions of
 // a 64-region volume, so overlaps and shared regions are frequent), WRITE_ZEROES, TRIM and
-// FLUSH, at most 6 in flight; completion of any pending operation of either host's disks, in
-// any order; delivery of the next frame in either direction; dial and the handshake's steps;
-// clean cycles whenever the replicator would run one; link cuts; crashes of either host.
+// FLUSH, at most 6 in flight; completion of any pending operation of any disk, in any order;
+// delivery of the next frame of any connection in either direction; the retry and clean
+// intervals passing; link cuts; crashes of either host (the engine is destroyed and restarted
+// from what is durable; a restarted primary does not know the peer's state and dials at once).
 // Per seed: mode sync or flush, a pair in sync or a new pair needing a full resync, how often
-// each fault strikes, and whether the resync's buffer budget holds one block or many.
-// Optionally (ScheduleOptions::inject_write_eio) data-disk writes fail with EIO.
+// each fault strikes, whether a busy volume cleans its bitmap every cycle or keeps it marked,
+// marks of one region or of aligned chunks of four, and whether the resync's buffer budget
+// holds one block or many. Optionally (ScheduleOptions::inject_write_eio) data-disk writes
+// fail with EIO.
 //
-// A connection's end reaches the applier (OnClosed) once the secondary has read everything that
-// was in flight before the cut; only then may the primary dial again, as PeerListener refuses a
-// primary while the applier is attached.
-//
-// What is not modelled: failover (the secondary never becomes primary), the `block` policy,
+// What is not simulated: failover (the secondary never becomes primary), the `block` policy,
 // a failing datasync (GroupCommit then fails the disk for good, and a schedule that must heal
-// cannot), a failing metadata disk, the frame header, checksums and authentication (covered
-// by unit and fuzz tests; a bad frame is a cut here), DigestRequest (verify), heartbeats and
-// timers (no time passes: the resync is unlimited, the clean interval is "whenever the
-// schedule picks it"; the one clock the engine reads for a decision, GroupCommit's sync-ahead
-// window, is virtual here: kStepTime per step, whatever the machine's speed; both hosts'
-// GroupCommits read it).
-// The secondary's own write-intent bitmap is real but stays empty: it never is primary here.
-// Generations come from NewGeneration (random), but only their equality matters and the trace
-// names them g1, g2, ...: a replayed seed takes the same path and prints the same trace.
+// cannot), a failing metadata disk, authentication, TLS, the frame header and its checksum
+// (covered by unit and fuzz tests; a bad frame is a close here), heartbeats (a silent peer is
+// a cut here), verify, and the resync rate limit (unlimited here).
 //
-// After the random actions the schedule heals: no more faults, reconnect, resync to the end,
-// ResyncDone acknowledged, every client operation answered, then a client FLUSH. Then it checks
-// that both disks' durable images are identical and hold, byte for byte, the last write the
-// client was told succeeded (where a later write the client was not told about, or a crash
-// that could have taken a non-durable acknowledged write, leaves the byte open).
+// After the random actions the schedule heals: no more faults and no more clean cycles; the
+// retry interval passes whenever the replicator waits for it, until the pair is connected, the
+// resync done and acknowledged, the peer UpToDate and every client operation answered; then a
+// client FLUSH. Then it checks that both disks' durable images are identical and hold, byte for
+// byte, the last write the client was told succeeded (where a later write the client was not
+// told about, or a crash that could have taken a non-durable acknowledged write, leaves the
+// byte open). Along the way, whenever the primary reports the standby connected and UpToDate,
+// it checks that a failover at that moment would lose no write acknowledged as durable.
 
 #include "tests/sim/mirror_sim.h"
 
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
 
+#include "base/async_event.h"
 #include "base/buffer_pool.h"
 #include "mirror/generations.h"
 #include "mirror/metadata.h"
+#include "mirror/peer_listener.h"
 #include "mirror/replica_applier.h"
-#include "mirror/resync.h"
+#include "mirror/replicator.h"
 #include "mirror/volume.h"
 #include "mirror/write_intent_log.h"
 #include "tests/sim/sim_store.h"
@@ -93,12 +90,9 @@ namespace sim {
 namespace {
 
 using base::Status;
-using mirror::DecideSync;
 using mirror::DiskState;
 using mirror::Generations;
-using mirror::PeerDone;
-using mirror::PeerOutcome;
-using mirror::SyncKind;
+using transport::FrameType;
 namespace pb = nbdmirror::peer;
 
 constexpr uint64_t kRegionBytes = 4096;
@@ -106,11 +100,14 @@ constexpr uint64_t kRegions = 64;
 constexpr uint64_t kVolumeBytes = kRegions * kRegionBytes;
 constexpr size_t kMaxOutstanding = 6;
 constexpr int kMaxHealSteps = 200000;
+// The two intervals the Replicator sleeps for; the schedule tells them apart by length.
+constexpr std::chrono::milliseconds kRetryInterval{1000};
+constexpr std::chrono::milliseconds kCleanInterval{5000};
+constexpr const char* kVolumeUuid = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
-// The superblock of one host (durable when changed; see above).
 using Meta = mirror::VolumeMetadata;
 
-// The secondary's superblock, as the shipped ReplicaApplier changes it.
+// A host's superblock (see the file comment).
 class MemorySuperblock final : public mirror::Superblock {
  public:
   explicit MemorySuperblock(Meta& md) : md_(md) {}
@@ -122,33 +119,6 @@ class MemorySuperblock final : public mirror::Superblock {
 
  private:
   Meta& md_;
-};
-
-struct Msg {
-  enum class Kind { kWrite, kZero, kFlush, kResyncDone };
-  Kind kind = Kind::kWrite;
-  uint64_t wire = 0;
-  uint64_t seq = 0;
-  uint64_t offset_bytes = 0;
-  uint64_t length_bytes = 0;
-  std::vector<std::byte> data;
-  bool durable = false;
-  bool discard = false;
-  bool resync = false;
-  uint64_t current_gen = 0;
-};
-
-struct Ack {
-  uint64_t seq = 0;
-  int error = 0;
-};
-
-// One TCP connection between the hosts.
-struct Wire {
-  uint64_t id = 0;
-  bool open = false;
-  std::deque<Msg> to_secondary;
-  std::deque<Ack> to_primary;
 };
 
 // Generations are random (NewGeneration); the trace names them g1, g2, ... in order of first
@@ -184,265 +154,179 @@ std::string GensText(const Generations& g) {
 
 class World;
 
-// mirror::Replicator (primary side) over a Wire; see the file comment.
-class SimReplicator final : public mirror::PeerLink {
- public:
-  SimReplicator(World& world, asio::io_context& io, Meta& md, mirror::WriteIntentLog& log,
-                base::BufferPool& pool, Variant variant)
-      : world_(world), io_(io), md_(md), log_(log), pool_(pool), variant_(variant) {}
+enum class Side { kPrimary, kSecondary };
 
-  ~SimReplicator() override {
-    // The host crashed: resyncs waiting for blocks that will never come back go too.
-    resync_.reset();
-    for (auto& weak : keep_alives_) {
-      if (auto keep_alive = weak.lock()) {
-        keep_alive->reset();
-      }
-    }
-  }
-
-  void SetVolume(mirror::Volume* volume) { volume_ = volume; }
-
-  void ReplicateWrite(uint64_t offset_bytes, std::span<const std::byte> data, bool durable,
-                      PeerDone done) override {
-    Msg m;
-    m.kind = Msg::Kind::kWrite;
-    m.offset_bytes = offset_bytes;
-    m.length_bytes = data.size();
-    m.data.assign(data.begin(), data.end());
-    m.durable = durable;
-    SendOrHold(std::move(m), std::move(done), /*resync=*/false);
-  }
-  void ReplicateZero(uint64_t offset_bytes, uint64_t length_bytes, nbd::ZeroOptions, bool discard,
-                     bool durable, PeerDone done) override {
-    Msg m;
-    m.kind = Msg::Kind::kZero;
-    m.offset_bytes = offset_bytes;
-    m.length_bytes = length_bytes;
-    m.durable = durable;
-    m.discard = discard;
-    SendOrHold(std::move(m), std::move(done), /*resync=*/false);
-  }
-  void ReplicateFlush(PeerDone done) override {
-    Msg m;
-    m.kind = Msg::Kind::kFlush;
-    SendOrHold(std::move(m), std::move(done), /*resync=*/false);
-  }
-
-  bool streaming() const { return streaming_; }
-  DiskState peer_disk() const { return peer_disk_; }
-  bool resync_running() const { return resync_ && resync_->progress().running; }
-  bool cleaning() const { return cleaning_; }
-  size_t pending_count() const { return pending_.size(); }
-  uint64_t cleared_regions() const { return cleared_regions_; }
-
-  // Replicator::Plan without the wire: decides, fills the generations to record and the
-  // target generation for the secondary, and marks what the resync must copy.
-  mirror::SyncDecision Plan(const Generations& peer, bool peer_up_to_date, Generations& next,
-                            uint64_t& target) {
-    // Replicator::ConnectOnce holds client operations from here until the link streams.
-    handshaking_ = true;
-    mirror::SyncDecision decision =
-        DecideSync(md_.gens, peer, peer_up_to_date, log_.marked_regions() > 0);
-    if (mirror::IsRefusal(decision.kind)) {
-      return decision;
-    }
-    next = md_.gens;
-    target = next.current;
-    switch (decision.kind) {
-      case SyncKind::kNone:
-        next.bitmap = next.current;
-        next.current_shared = true;
-        break;
-      case SyncKind::kIncremental:
-        target = peer.current;
-        break;
-      default:
-        mirror::RememberGeneration(next, next.bitmap);
-        next.bitmap = mirror::NewGeneration();
-        target = next.bitmap;
-        log_.MarkAll();
-        break;
-    }
-    return decision;
-  }
-  // Replicator::Plan records `next` like this, after the bitmap is durable.
-  void RecordPlan(const Generations& next) { md_.gens = next; }
-
-  // The end of ConnectOnce: the link is up.
-  void OnConnected(bool resync) {
-    handshaking_ = false;
-    streaming_ = true;
-    ++link_epoch_;
-    // ReleaseHeld: operations held during the handshake go out first.
-    auto held = std::move(held_);
-    held_.clear();
-    for (auto& [msg, done] : held) {
-      SendOrHold(std::move(msg), std::move(done), /*resync=*/false);
-    }
-    if (resync) {
-      MarkPeerDisk(DiskState::kInconsistent);
-      StartResync();
-    } else {
-      MarkPeerDisk(DiskState::kUpToDate);
-    }
-  }
-
-  void OnAck(const Ack& ack);
-  void OnClosed();
-  // The handshake failed (cut, or the plan could not be recorded): CompleteHeldUnreplicated.
-  void AbortHandshake() {
-    if (!handshaking_) {
-      return;
-    }
-    handshaking_ = false;
-    auto held = std::move(held_);
-    held_.clear();
-    for (auto& [msg, done] : held) {
-      CompleteUnreplicated(std::move(done));
-    }
-  }
-  // Replicator::OnLocalWriteFailed.
-  void OnLocalWriteFailed() override;
-
-  // CleanLoop's condition and CleanOnce.
-  bool CanClean() const {
-    return streaming_ && peer_disk_ == DiskState::kUpToDate && log_.enabled() &&
-           log_.marked_regions() > 0 && !resync_running() && !cleaning_;
-  }
-  void StartClean();
-
- private:
-  struct Pending {
-    PeerDone done;
-    bool resync = false;
-  };
-
-  void SendOrHold(Msg msg, PeerDone done, bool resync);
-  void CompleteUnreplicated(PeerDone done) {
-    RecordDivergence();
-    asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
-  }
-  void MarkPeerDisk(DiskState state) {
-    if (peer_disk_ == state && md_.peer_disk == state) {
-      return;
-    }
-    peer_disk_ = state;
-    md_.peer_disk = state;
-  }
-  void RecordDivergence() {
-    const bool mint = md_.gens.current_shared;
-    if (peer_disk_ == DiskState::kUpToDate) {
-      peer_disk_ = DiskState::kOutdated;
-    }
-    if (!mint && md_.peer_disk == peer_disk_) {
-      return;
-    }
-    if (mint) {
-      mirror::DivergeFromPeer(md_.gens);
-    }
-    md_.peer_disk = peer_disk_;
-  }
-  void StartResync();
-  void OnResyncFinished(bool complete);
-
-  World& world_;
-  asio::io_context& io_;
-  Meta& md_;
-  mirror::WriteIntentLog& log_;
-  base::BufferPool& pool_;
-  const Variant variant_;
-  mirror::Volume* volume_ = nullptr;
-  bool streaming_ = false;
-  bool handshaking_ = false;
-  bool resync_again_ = false;
-  std::vector<std::pair<Msg, PeerDone>> held_;
-  DiskState peer_disk_ = DiskState::kOutdated;  // No clean shutdown recorded.
-  std::map<uint64_t, Pending> pending_;
-  uint64_t next_seq_ = 1;
-  std::shared_ptr<mirror::Resync> resync_;
-  std::vector<std::weak_ptr<std::shared_ptr<mirror::Resync>>> keep_alives_;
-  uint64_t link_epoch_ = 0;
-  bool cleaning_ = false;
-  uint64_t cleared_regions_ = 0;
+// A frame on its way: what PeerConnection would write to the socket.
+struct WireFrame {
+  FrameType type = FrameType::kHeartbeat;
+  std::string message;
+  std::vector<std::byte> payload;
 };
 
-// One connection as the secondary sees it: frames in order, its acknowledgements back onto the
-// Wire while it is the open one, and its end (OnClosed, posted as PeerConnection does) once
-// everything the primary sent before the cut has been read.
-class SimLink final : public transport::FrameLink {
- public:
-  SimLink(World& world, asio::io_context& io, uint64_t wire)
-      : world_(world), io_(io), wire_(wire) {}
+class SimEnd;
 
-  void StartStreaming(transport::FrameHandler* handler) override { handler_ = handler; }
-  void Send(transport::FrameType type, const google::protobuf::MessageLite& message,
-            std::span<const std::byte> payload) override;
+// One TCP connection between the hosts (see the file comment).
+struct Connection {
+  uint64_t id = 0;
+  bool open = true;
+  std::deque<WireFrame> to_secondary;
+  std::deque<WireFrame> to_primary;
+  std::weak_ptr<SimEnd> primary;
+  std::weak_ptr<SimEnd> secondary;
+  std::deque<WireFrame>& toward(Side side) {
+    return side == Side::kPrimary ? to_primary : to_secondary;
+  }
+  std::weak_ptr<SimEnd>& end(Side side) { return side == Side::kPrimary ? primary : secondary; }
+};
+
+// One host's end of a Connection, as PeerConnection behaves after authentication: frames in
+// order, read one at a time during the handshake and handed to the handler once streaming;
+// received payloads from the host's BufferPool; the close reported once, posted to the loop.
+class SimEnd final : public transport::MessageLink {
+ public:
+  SimEnd(World& world, std::shared_ptr<Connection> connection, Side side, asio::io_context& io,
+         base::BufferPool& pool)
+      : world_(world),
+        connection_(std::move(connection)),
+        side_(side),
+        io_(io),
+        pool_(pool),
+        readable_(io.get_executor()),
+        remote_(side == Side::kPrimary ? "B" : "A") {}
+
+  const std::string& remote() const override { return remote_; }
+  asio::awaitable<Status> SendMessage(FrameType type,
+                                      const google::protobuf::MessageLite& message) override {
+    if (closed_) {
+      co_return Status::Error(ECONNRESET, "link closed: " + why_);
+    }
+    Push(type, message, {});
+    co_return Status::Ok();
+  }
+  asio::awaitable<base::Result<transport::Frame>> ReadFrame(std::chrono::milliseconds) override {
+    while (inbox_.empty() && !closed_) {
+      co_await readable_.Wait();
+    }
+    if (inbox_.empty()) {
+      co_return Status::Error(ECONNRESET, "link closed: " + why_);
+    }
+    transport::Frame frame = std::move(inbox_.front());
+    inbox_.pop_front();
+    co_return frame;
+  }
+  void AdaptToPeerTimeout(std::chrono::milliseconds) override {}
+  std::chrono::milliseconds handshake_deadline() const override { return kRetryInterval; }
+
+  void StartStreaming(transport::FrameHandler* handler) override {
+    handler_ = handler;
+    // Frames that arrived during the handshake (PeerConnection's read-ahead) come first.
+    auto early = std::move(inbox_);
+    inbox_.clear();
+    for (transport::Frame& frame : early) {
+      handler_->OnFrame(std::move(frame));
+    }
+    if (closed_) {
+      ReportClose();
+    }
+  }
+  void Send(FrameType type, const google::protobuf::MessageLite& message,
+            std::span<const std::byte> payload) override {
+    if (!closed_) {
+      Push(type, message, payload);
+    }
+  }
   void Close(Status why) override;
   bool closed() const override { return closed_; }
 
-  void Deliver(transport::Frame frame) { handler_->OnFrame(std::move(frame)); }
-  void End(const Status& why);
+  // From the World: a frame arrives; the connection's end has been read.
+  void Receive(WireFrame wire);
+  void End(const std::string& why) {
+    if (!closed_) {
+      MarkClosed(why);
+    }
+  }
 
  private:
+  void Push(FrameType type, const google::protobuf::MessageLite& message,
+            std::span<const std::byte> payload);
+  void MarkClosed(const std::string& why) {
+    closed_ = true;
+    why_ = why;
+    readable_.Notify();
+    if (handler_ != nullptr) {
+      ReportClose();
+    }
+  }
+  void ReportClose() {
+    if (close_reported_) {
+      return;
+    }
+    close_reported_ = true;
+    asio::post(io_, [handler = handler_, why = why_] {
+      handler->OnClosed(Status::Error(ECONNRESET, why));
+    });
+  }
+
   World& world_;
+  std::shared_ptr<Connection> connection_;
+  const Side side_;
   asio::io_context& io_;
-  const uint64_t wire_;
+  base::BufferPool& pool_;
+  base::AsyncEvent readable_;
+  const std::string remote_;
   transport::FrameHandler* handler_ = nullptr;
+  std::deque<transport::Frame> inbox_;
   bool closed_ = false;
+  bool close_reported_ = false;
+  std::string why_;
 };
 
-// The secondary: the shipped mirror::ReplicaApplier over SimLinks, its own write-intent log on
-// a SimStore, plus the secondary's half of PeerListener's handshake (World::DeliverPlan).
+// The secondary's engine, rebuilt at every restart: the shipped listener and applier.
 class Secondary {
  public:
   Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
             const std::vector<uint8_t>& bits);
   ~Secondary() {
-    // A crash: the applier (and the store callbacks it left queued) go before the io_context.
+    // A crash. The parts go while the io_context lives (their timers and events belong to it),
+    // then the io_context drops its queued handlers and parked coroutines unrun, then the pool
+    // whose buffers those may hold.
+    listener_.reset();
     applier_.reset();
-    link_.reset();
     log_.reset();
     io_.reset();
+    pool_.reset();
   }
 
   asio::io_context& io() { return *io_; }
-  bool idle() const { return applier_->idle(); }
-  bool attached() const { return applier_->attached(); }
+  base::BufferPool& pool() { return *pool_; }
+  mirror::PeerListener& listener() { return *listener_; }
   mirror::ReplicaApplier& applier() { return *applier_; }
-  // PeerListener's last step: the applier takes the new connection.
-  void Attach(uint64_t wire);
-  // A frame off the connection, encoded as the Replicator encodes it.
-  void Receive(const Msg& msg);
-  // The connection's end has been read: the applier lets go of it.
-  void EndOfLink(const Status& why);
 
  private:
-  World& world_;
   MemorySuperblock superblock_;
   std::unique_ptr<asio::io_context> io_;
   std::unique_ptr<base::BufferPool> pool_;
   std::unique_ptr<mirror::WriteIntentLog> log_;
   std::unique_ptr<mirror::ReplicaApplier> applier_;
-  std::shared_ptr<SimLink> link_;
+  std::unique_ptr<mirror::PeerListener> listener_;
 };
 
 // The primary's engine, rebuilt at every restart.
 struct PrimaryEngine {
   std::unique_ptr<asio::io_context> io;
   std::unique_ptr<base::BufferPool> pool;
+  std::unique_ptr<MemorySuperblock> superblock;
   std::unique_ptr<mirror::WriteIntentLog> log;
-  std::unique_ptr<SimReplicator> link;
+  std::unique_ptr<mirror::Replicator> replicator;
   std::unique_ptr<mirror::Volume> volume;
 
   ~PrimaryEngine() {
-    // Nothing may call back into a part already gone: the link (and its Resync, whose timer
-    // needs the io_context) first, the io_context's queued handlers (which may hold buffers)
-    // before the pool.
-    link.reset();
+    // As for the secondary: the parts, then the io_context, then the pool.
+    replicator.reset();
     volume.reset();
     log.reset();
     io.reset();
+    superblock.reset();
     pool.reset();
   }
 };
@@ -474,42 +358,43 @@ class World {
 
   ScheduleResult Run();
   ~World() {
+    // Operations no disk completed hold callbacks (and buffers) of the engines: gone first.
     for (SimStore* store : {&primary_data_, &primary_meta_, &secondary_data_, &secondary_meta_}) {
       store->DropPending();
     }
+    primary_.reset();
+    secondary_.reset();
     GenerationNames().clear();
   }
 
-  // For the engine models.
-  Wire& wire() { return wire_; }
   void Trace(const std::string& line) { trace_.push_back(std::to_string(step_) + ": " + line); }
+  // An engine log line: generations named as in the rest of the trace.
+  void TraceLog(const std::string& line);
   // The simulation's time: kStepTime per step, so GroupCommit's 1 s sync-ahead window opens and
   // closes at the same steps in every run of a seed.
   static constexpr std::chrono::milliseconds kStepTime{20};
   mirror::GroupCommit::Clock::time_point VirtualNow() const {
     return mirror::GroupCommit::Clock::time_point{} + step_ * kStepTime;
   }
-  std::mt19937_64& rng() { return rng_; }
-  void SendAck(uint64_t wire, uint64_t seq, int error) {
-    if (wire_.open && wire_.id == wire) {
-      wire_.to_primary.push_back({seq, error});
-    }
-  }
-  // Closes the connection (see the file comment). `primary_notices`: the primary's replicator
-  // runs OnClosed (false when the primary itself died); `prefix_arrives`: a random prefix of
-  // what was in flight still reaches the secondary (false when the secondary died).
-  void Cut(const std::string& why, bool primary_notices, bool prefix_arrives);
   void Fail(const std::string& why) {
     if (failure_.empty()) {
       failure_ = why;
     }
   }
-  uint64_t resyncs = 0;
-  uint64_t resync_holes = 0;
+  // Ends a connection (see the file comment). `closer`: the side that closed it or crashed
+  // (it reads nothing more); nullopt for a network cut. `crashed`: the closer died.
+  void Cut(const std::shared_ptr<Connection>& connection, const std::string& why,
+           std::optional<Side> closer, bool crashed);
+  // A frame leaves `from`'s end.
+  void Sent(Side from, const WireFrame& frame);
 
  private:
-  enum class Handshake { kNone, kPersisting, kPlanSent, kRecorded };
   using Action = std::function<void()>;
+  struct Sleeper {
+    std::chrono::milliseconds duration;
+    bool woken = false;
+    base::AsyncEvent* event = nullptr;
+  };
 
   void Setup();
   void StartPrimary();
@@ -517,6 +402,12 @@ class World {
   // The bitmap as MetadataFile::ReadBitmap loads it from `meta`'s durable image: a page
   // failing its checksum is all set. `torn` counts those pages.
   static std::vector<uint8_t> LoadBitmap(const SimStore& meta, uint64_t& torn);
+  // The Replicator's dial: a new connection, whose other end the secondary's listener serves.
+  asio::awaitable<base::Result<std::shared_ptr<transport::MessageLink>>> Connect();
+  // The Replicator's timers: until the schedule says `duration` has passed.
+  asio::awaitable<void> Sleep(std::chrono::milliseconds duration);
+  bool Sleeping(std::chrono::milliseconds duration) const;
+  void Wake(std::chrono::milliseconds duration);
   void CrashPrimary();
   void CrashSecondary();
   void Drain();
@@ -525,11 +416,10 @@ class World {
   void SubmitClientOp();
   void OnClientDone(size_t id, const Status& st);
   void CompleteRandom(SimStore& store);
-  void DeliverToSecondary();
-  void DeliverAck();
-  void Dial();
-  void DeliverPlan();
-  void Ready();
+  void Deliver(const std::shared_ptr<Connection>& connection, Side to);
+  void EndOf(const std::shared_ptr<Connection>& connection, Side side, const std::string& why);
+  std::shared_ptr<Connection> OpenConnection() const;
+  bool Connected() const;
   bool Healed() const;
   void FinalFlush();
   struct Expected {
@@ -540,6 +430,7 @@ class World {
   Expected ComputeExpected(bool durable_only) const;
   void CheckFailover();
   void Check();
+  void Tally();
   std::string Report() const;
   uint64_t RandomOffset();
 
@@ -554,17 +445,11 @@ class World {
   mirror::Mode mode_ = mirror::Mode::kSync;
   std::unique_ptr<PrimaryEngine> primary_;
   std::unique_ptr<Secondary> secondary_;
-  Wire wire_;
-  uint64_t wire_ids_ = 0;
-  std::deque<Msg> stale_;  // From closed connections, still to reach the secondary.
-  Handshake handshake_ = Handshake::kNone;
-  uint64_t handshake_id_ = 0;
-  Generations plan_next_;
-  uint64_t plan_target_ = 0;
-  bool plan_resync_ = false;
+  std::vector<std::shared_ptr<Connection>> connections_;
+  uint64_t connection_ids_ = 0;
+  std::vector<Sleeper*> sleepers_;
   std::deque<ClientOp> ops_;
   size_t outstanding_ = 0;
-  uint64_t incarnation_ = 0;
   // Per-schedule weights, so some schedules crash a lot and others barely cut the link.
   int w_crash_primary_ = 1;
   int w_crash_secondary_ = 1;
@@ -572,329 +457,276 @@ class World {
   int w_clean_ = 5;
   // The resync's buffer budget: roomy, or one block at a time (blocks wait for buffers).
   size_t pool_bytes_ = 8 << 20;
+  // 0: a clean cycle clears even while the volume is busy; the daemon's default otherwise.
+  uint64_t keep_marked_bytes_ = 0;
   int step_ = 0;
   std::vector<std::string> trace_;
   std::string failure_;
   ScheduleResult result_;
 };
 
-void SimReplicator::SendOrHold(Msg msg, PeerDone done, bool resync) {
-  if (streaming_) {
-    const uint64_t seq = next_seq_++;
-    msg.seq = seq;
-    msg.wire = world_.wire().id;
-    msg.resync = resync;
-    world_.wire().to_secondary.push_back(std::move(msg));
-    pending_.emplace(seq, Pending{std::move(done), resync});
+// The engine's log, into the trace of the running schedule.
+class TraceSink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  explicit TraceSink(World& world) : world_(world) {}
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    world_.TraceLog(std::string(msg.payload.data(), msg.payload.size()));
+  }
+  void flush_() override {}
+
+ private:
+  World& world_;
+};
+
+void SimEnd::Push(FrameType type, const google::protobuf::MessageLite& message,
+                  std::span<const std::byte> payload) {
+  if (!connection_->open) {
     return;
   }
-  if (resync) {
-    asio::post(io_, [done = std::move(done)] { done(PeerOutcome::kDegraded); });
-    return;
-  }
-  if (handshaking_) {
-    held_.emplace_back(std::move(msg), std::move(done));
-    return;
-  }
-  CompleteUnreplicated(std::move(done));
+  WireFrame frame{type, message.SerializeAsString(), {payload.begin(), payload.end()}};
+  world_.Sent(side_, frame);
+  connection_->toward(side_ == Side::kPrimary ? Side::kSecondary : Side::kPrimary)
+      .push_back(std::move(frame));
 }
 
-void SimReplicator::OnAck(const Ack& ack) {
-  auto it = pending_.find(ack.seq);
-  if (it == pending_.end()) {
-    world_.Cut("ack for unknown seq " + std::to_string(ack.seq), true, true);
-    return;
-  }
-  if (ack.error != 0) {
-    world_.Cut("peer failed to apply seq " + std::to_string(ack.seq), true, true);
-    return;
-  }
-  PeerDone done = std::move(it->second.done);
-  pending_.erase(it);
-  done(PeerOutcome::kConfirmed);
-}
-
-void SimReplicator::OnClosed() {
-  streaming_ = false;
-  if (resync_) {
-    resync_->Cancel();
-  }
-  if (peer_disk_ == DiskState::kUpToDate) {
-    MarkPeerDisk(DiskState::kOutdated);
-  }
-  auto pending = std::move(pending_);
-  pending_.clear();
-  for (auto& [seq, op] : pending) {
-    if (op.resync) {
-      op.done(PeerOutcome::kDegraded);
-    } else {
-      CompleteUnreplicated(std::move(op.done));
-    }
-  }
-}
-
-void SimReplicator::StartResync() {
-  auto resync = std::make_shared<mirror::Resync>(
-      io_, *volume_, log_, pool_,
-      [this](uint64_t offset, std::span<const std::byte> data, PeerDone done) {
-        Msg m;
-        m.kind = Msg::Kind::kWrite;
-        m.offset_bytes = offset;
-        m.length_bytes = data.size();
-        m.data.assign(data.begin(), data.end());
-        SendOrHold(std::move(m), std::move(done), /*resync=*/true);
-      },
-      [this](uint64_t offset, uint64_t length, PeerDone done) {
-        ++world_.resync_holes;
-        Msg m;
-        m.kind = Msg::Kind::kZero;
-        m.offset_bytes = offset;
-        m.length_bytes = length;
-        SendOrHold(std::move(m), std::move(done), /*resync=*/true);
-      },
-      [this](PeerDone done) {
-        Msg m;
-        m.kind = Msg::Kind::kFlush;
-        SendOrHold(std::move(m), std::move(done), /*resync=*/true);
-      },
-      /*rate_bytes_per_s=*/0);
-  resync_ = resync;
-  ++world_.resyncs;
-  world_.Trace("A resync starts: " + std::to_string(log_.marked_regions()) + " regions marked");
-  // Replicator::StartResync's callback holds the Resync itself, so a cancelled resync lives on
-  // until its last block comes back (a block may still wait for a range lock or a read when the
-  // next connection replaces resync_). The holder lets a crash break that cycle.
-  auto keep_alive = std::make_shared<std::shared_ptr<mirror::Resync>>(resync);
-  keep_alives_.push_back(keep_alive);
-  resync->Start([this, keep_alive](bool complete) { OnResyncFinished(complete); });
-}
-
-void SimReplicator::OnResyncFinished(bool complete) {
-  world_.Trace(std::string("A resync ") + (complete ? "complete" : "interrupted"));
-  if (!complete || !streaming_) {
-    return;
-  }
-  Msg m;
-  m.kind = Msg::Kind::kResyncDone;
-  m.current_gen = md_.gens.current;
-  md_.gens.current_shared = true;  // Replicator records this before ResyncDone leaves.
-  SendOrHold(
-      std::move(m),
-      [this](PeerOutcome outcome) {
-        if (outcome != PeerOutcome::kConfirmed) {
-          return;
-        }
-        peer_disk_ = DiskState::kUpToDate;
-        md_.gens.bitmap = md_.gens.current;
-        md_.peer_disk = DiskState::kUpToDate;
-        world_.Trace("A ResyncDone acked: peer UpToDate, " + GensText(md_.gens));
-        if (resync_again_) {
-          resync_again_ = false;
-          OnLocalWriteFailed();
-        }
-      },
-      /*resync=*/true);
-}
-
-void SimReplicator::OnLocalWriteFailed() {
-  asio::post(io_, [this] {
-    if (!streaming_ || log_.pinned_regions() == 0) {
-      return;
-    }
-    if (resync_running()) {
-      resync_again_ = true;
-      return;
-    }
-    world_.Trace("A local write failed: resync of " + std::to_string(log_.pinned_regions()) +
-                 " pinned regions");
-    MarkPeerDisk(DiskState::kInconsistent);
-    StartResync();
-  });
-}
-
-void SimReplicator::StartClean() {
-  cleaning_ = true;
-  const uint64_t epoch = link_epoch_;
-  const uint64_t cycle = log_.BeginClean();
-  world_.Trace("A clean cycle " + std::to_string(cycle) + " begins");
-  if (variant_ == Variant::kCleanWithoutFlush) {
-    // The broken variant: nothing made the completed writes durable on both copies yet.
-    const uint64_t cleared = log_.FinishClean(cycle);
-    cleared_regions_ += cleared;
-    cleaning_ = false;
-    world_.Trace("A clean cycle (no flush) cleared " + std::to_string(cleared));
-    return;
-  }
-  volume_->group_commit().RequestDurable([this, epoch, cycle](const Status& local) {
-    // CleanOnce resumes its coroutine through the executor between the two awaits.
-    asio::post(io_, [this, epoch, cycle, local] {
-      Msg flush;
-      flush.kind = Msg::Kind::kFlush;
-      SendOrHold(
-          std::move(flush),
-          [this, epoch, cycle, local](PeerOutcome outcome) {
-            asio::post(io_, [this, epoch, cycle, local, outcome] {
-              cleaning_ = false;
-              if (local.ok() && outcome == PeerOutcome::kConfirmed && epoch == link_epoch_ &&
-                  streaming_ && peer_disk_ == DiskState::kUpToDate) {
-                const uint64_t cleared = log_.FinishClean(cycle);
-                cleared_regions_ += cleared;
-                world_.Trace("A clean cycle " + std::to_string(cycle) + " cleared " +
-                             std::to_string(cleared));
-              } else {
-                log_.AbortClean();
-                world_.Trace("A clean cycle " + std::to_string(cycle) + " aborted");
-              }
-            });
-          },
-          /*resync=*/true);
-    });
-  });
-}
-
-void SimLink::Send(transport::FrameType type, const google::protobuf::MessageLite& message,
-                   std::span<const std::byte> payload) {
+void SimEnd::Receive(WireFrame wire) {
   if (closed_) {
     return;
   }
-  // The applier only acknowledges (the simulation sends no DigestRequest).
-  pb::Ack ack;
-  if (type != transport::FrameType::kAck || !payload.empty() ||
-      !ack.ParseFromString(message.SerializeAsString())) {
-    world_.Fail(std::string("the secondary sent an unexpected ") + transport::FrameTypeName(type));
-    return;
+  transport::Frame frame;
+  frame.type = wire.type;
+  frame.message.resize(wire.message.size());
+  std::transform(wire.message.begin(), wire.message.end(), frame.message.begin(),
+                 [](char c) { return static_cast<std::byte>(c); });
+  if (!wire.payload.empty()) {
+    // PeerConnection would stop reading until a buffer comes back; the pools here are roomy.
+    std::optional<base::Buffer> buffer = pool_.TryAcquire(wire.payload.size());
+    if (!buffer) {
+      world_.Fail("a host's frame pool is spent");
+      return;
+    }
+    std::copy(wire.payload.begin(), wire.payload.end(), buffer->data());
+    frame.payload = std::move(*buffer);
   }
-  world_.SendAck(wire_, ack.seq(), static_cast<int>(ack.error()));
-}
-
-void SimLink::Close(Status why) {
-  // The applier drops a link only for an invalid operation, and the primary sends none.
-  world_.Fail("the secondary dropped link " + std::to_string(wire_) + ": " + why.ToString());
-  End(why);
-}
-
-void SimLink::End(const Status& why) {
-  if (closed_) {
-    return;
-  }
-  closed_ = true;
   if (handler_ != nullptr) {
-    asio::post(io_, [handler = handler_, why] { handler->OnClosed(why); });
+    handler_->OnFrame(std::move(frame));
+    return;
   }
+  inbox_.push_back(std::move(frame));
+  readable_.Notify();
+}
+
+void SimEnd::Close(Status why) {
+  if (closed_) {
+    return;
+  }
+  MarkClosed(why.ToString());
+  world_.Cut(connection_,
+             std::string(side_ == Side::kPrimary ? "A" : "B") + " closed it: " + why.ToString(),
+             side_, /*crashed=*/false);
 }
 
 Secondary::Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
                      const std::vector<uint8_t>& bits)
-    : world_(world),
-      superblock_(md),
+    : superblock_(md),
       io_(std::make_unique<asio::io_context>()),
-      // Room for every frame the wire can hold: PeerConnection would stop reading instead.
+      // Room for everything a connection can hold: PeerConnection would stop reading instead.
       pool_(std::make_unique<base::BufferPool>(64 << 20)),
       log_(std::make_unique<mirror::WriteIntentLog>(*io_, &meta, kVolumeBytes, kRegionBytes, bits)),
       applier_(std::make_unique<mirror::ReplicaApplier>(*io_, data, superblock_, *log_)) {
   applier_->group_commit().SetClock([&world] { return world.VirtualNow(); });
+  mirror::PeerListenerOptions options;
+  options.node_id = "B";
+  options.peer_node_id = "A";
+  listener_ = std::make_unique<mirror::PeerListener>(*io_, options, superblock_, *log_, *pool_,
+                                                     applier_.get());
 }
 
-void Secondary::Attach(uint64_t wire) {
-  link_ = std::make_shared<SimLink>(world_, *io_, wire);
-  applier_->Attach(link_, "A");
-}
-
-void Secondary::EndOfLink(const Status& why) {
-  if (link_) {
-    link_->End(why);
-    link_.reset();
+void World::TraceLog(const std::string& line) {
+  // Name every generation either host records, in a fixed order, so that one minted just now
+  // gets the same name in every run of the seed.
+  for (const Meta* md : {&pmd_, &smd_}) {
+    Gen(md->gens.current);
+    Gen(md->gens.bitmap);
+    for (uint64_t gen : md->gens.history) {
+      Gen(gen);
+    }
+  }
+  Trace("  | " + NameGenerations(line));
+  if (line.starts_with("resync to ") && line.find("bytes marked") != std::string::npos) {
+    ++result_.resyncs;
   }
 }
 
-void Secondary::Receive(const Msg& msg) {
-  // As Replicator::ReplicateWrite/Zero/Flush, StartResync and OnResyncFinished encode them.
-  transport::Frame frame;
-  std::string message;
-  switch (msg.kind) {
-    case Msg::Kind::kWrite: {
-      pb::Write write;
-      write.set_seq(msg.seq);
-      write.set_offset_bytes(msg.offset_bytes);
-      write.set_length_bytes(static_cast<uint32_t>(msg.data.size()));
-      write.set_durable(msg.durable);
-      write.set_resync(msg.resync);
-      message = write.SerializeAsString();
-      frame.type = transport::FrameType::kWrite;
-      std::optional<base::Buffer> payload = pool_->TryAcquire(msg.data.size());
-      if (!payload) {
-        world_.Fail("the secondary's frame pool is spent");
-        return;
+void World::Sent(Side from, const WireFrame& frame) {
+  if (from == Side::kPrimary && frame.type == FrameType::kZero) {
+    pb::Zero zero;
+    // Resync holes: the only Zero frames that may punch holes (the clients here never ask).
+    if (zero.ParseFromString(frame.message) && zero.may_punch_hole() && !zero.discard()) {
+      ++result_.resync_holes;
+    }
+  }
+}
+
+std::string Describe(const WireFrame& frame) {
+  std::string text = transport::FrameTypeName(frame.type);
+  auto range = [](uint64_t offset, uint64_t length) {
+    return " " + std::to_string(offset) + "+" + std::to_string(length);
+  };
+  switch (frame.type) {
+    case FrameType::kWrite: {
+      pb::Write m;
+      if (m.ParseFromString(frame.message)) {
+        text += " seq " + std::to_string(m.seq()) + range(m.offset_bytes(), m.length_bytes()) +
+                (m.durable() ? " durable" : "") + (m.resync() ? " resync" : "");
       }
-      std::copy(msg.data.begin(), msg.data.end(), payload->data());
-      frame.payload = std::move(*payload);
       break;
     }
-    case Msg::Kind::kZero: {
-      pb::Zero zero;
-      zero.set_seq(msg.seq);
-      zero.set_offset_bytes(msg.offset_bytes);
-      zero.set_length_bytes(msg.length_bytes);
-      zero.set_durable(msg.durable);
-      zero.set_discard(msg.discard);
-      zero.set_may_punch_hole(msg.resync);
-      message = zero.SerializeAsString();
-      frame.type = transport::FrameType::kZero;
+    case FrameType::kZero: {
+      pb::Zero m;
+      if (m.ParseFromString(frame.message)) {
+        text += " seq " + std::to_string(m.seq()) + range(m.offset_bytes(), m.length_bytes()) +
+                (m.durable() ? " durable" : "") + (m.discard() ? " discard" : "");
+      }
       break;
     }
-    case Msg::Kind::kFlush: {
-      pb::Flush flush;
-      flush.set_seq(msg.seq);
-      message = flush.SerializeAsString();
-      frame.type = transport::FrameType::kFlush;
+    case FrameType::kFlush: {
+      pb::Flush m;
+      if (m.ParseFromString(frame.message)) {
+        text += " seq " + std::to_string(m.seq());
+      }
       break;
     }
-    case Msg::Kind::kResyncDone: {
-      pb::ResyncDone done;
-      done.set_seq(msg.seq);
-      done.set_current_gen(msg.current_gen);
-      message = done.SerializeAsString();
-      frame.type = transport::FrameType::kResyncDone;
+    case FrameType::kResyncDone: {
+      pb::ResyncDone m;
+      if (m.ParseFromString(frame.message)) {
+        text += " seq " + std::to_string(m.seq()) + " at " + Gen(m.current_gen());
+      }
       break;
     }
+    case FrameType::kAck: {
+      pb::Ack m;
+      if (m.ParseFromString(frame.message)) {
+        text += " seq " + std::to_string(m.seq()) +
+                (m.error() != 0 ? " error " + std::to_string(m.error()) : "");
+      }
+      break;
+    }
+    default:
+      break;
   }
-  frame.message.resize(message.size());
-  std::memcpy(frame.message.data(), message.data(), message.size());
-  if (!link_) {
-    world_.Fail("a frame reached the secondary with no connection attached");
-    return;
-  }
-  link_->Deliver(std::move(frame));
+  return text;
 }
 
-void World::Cut(const std::string& why, bool primary_notices, bool prefix_arrives) {
-  if (!wire_.open) {
+void World::Cut(const std::shared_ptr<Connection>& connection, const std::string& why,
+                std::optional<Side> closer, bool crashed) {
+  if (!connection->open) {
     return;
   }
-  wire_.open = false;
-  size_t arrives = 0;
-  if (prefix_arrives && !wire_.to_secondary.empty()) {
-    arrives = rng_() % (wire_.to_secondary.size() + 1);
-    for (size_t i = 0; i < arrives; ++i) {
-      stale_.push_back(std::move(wire_.to_secondary[i]));
+  connection->open = false;
+  ++result_.cuts;
+  std::string text = "link " + std::to_string(connection->id) + " ends (" + why + "):";
+  for (Side to : {Side::kSecondary, Side::kPrimary}) {
+    std::deque<WireFrame>& queue = connection->toward(to);
+    const size_t in_flight = queue.size();
+    // The closer reads nothing more; toward a survivor a random prefix is already in its
+    // socket buffer.
+    const size_t arrives = closer == to || queue.empty() ? 0 : rng_() % (queue.size() + 1);
+    queue.resize(arrives);
+    text += std::string(" to ") + (to == Side::kPrimary ? "A " : "B ") + std::to_string(arrives) +
+            " of " + std::to_string(in_flight) + " arrive;";
+  }
+  Trace(text);
+  for (Side side : {Side::kSecondary, Side::kPrimary}) {
+    if (closer == side && crashed) {
+      continue;  // Its engine is about to go; nothing of it may run.
+    }
+    if (connection->toward(side).empty()) {
+      EndOf(connection, side, why);
     }
   }
-  Trace("link " + std::to_string(wire_.id) + " cut (" + why + "): " + std::to_string(arrives) +
-        " of " + std::to_string(wire_.to_secondary.size()) + " in flight still arrive");
-  wire_.to_secondary.clear();
-  wire_.to_primary.clear();
-  if (stale_.empty()) {
-    secondary_->EndOfLink(Status::Error(ECONNRESET, why));
+}
+
+void World::EndOf(const std::shared_ptr<Connection>& connection, Side side,
+                  const std::string& why) {
+  if (auto end = connection->end(side).lock()) {
+    end->End(why);
   }
-  ++result_.cuts;
-  if (handshake_ != Handshake::kNone) {
-    primary_->link->AbortHandshake();
+}
+
+void World::Deliver(const std::shared_ptr<Connection>& connection, Side to) {
+  std::deque<WireFrame>& queue = connection->toward(to);
+  WireFrame frame = std::move(queue.front());
+  queue.pop_front();
+  Trace(std::string(to == Side::kPrimary ? "A" : "B") + " receives link " +
+        std::to_string(connection->id) + " " + Describe(frame));
+  if (auto end = connection->end(to).lock()) {
+    end->Receive(std::move(frame));
   }
-  handshake_ = Handshake::kNone;
-  ++handshake_id_;
-  if (primary_notices && primary_->link->streaming()) {
-    primary_->link->OnClosed();
+  if (!connection->open && queue.empty()) {
+    EndOf(connection, to, "link " + std::to_string(connection->id) + " closed");
   }
+}
+
+asio::awaitable<base::Result<std::shared_ptr<transport::MessageLink>>> World::Connect() {
+  auto connection = std::make_shared<Connection>();
+  connection->id = ++connection_ids_;
+  auto a =
+      std::make_shared<SimEnd>(*this, connection, Side::kPrimary, *primary_->io, *primary_->pool);
+  auto b = std::make_shared<SimEnd>(*this, connection, Side::kSecondary, secondary_->io(),
+                                    secondary_->pool());
+  connection->primary = a;
+  connection->secondary = b;
+  connections_.push_back(connection);
+  Trace("A dials: link " + std::to_string(connection->id));
+  asio::co_spawn(secondary_->io(), secondary_->listener().Serve(b), asio::detached);
+  co_return std::shared_ptr<transport::MessageLink>(std::move(a));
+}
+
+asio::awaitable<void> World::Sleep(std::chrono::milliseconds duration) {
+  base::AsyncEvent event(co_await asio::this_coro::executor);
+  Sleeper sleeper{duration, false, &event};
+  sleepers_.push_back(&sleeper);
+  // Off the list however the coroutine ends (its frame is destroyed with a crashed engine).
+  struct Unlist {
+    World* world;
+    Sleeper* sleeper;
+    ~Unlist() { std::erase(world->sleepers_, sleeper); }
+  } unlist{this, &sleeper};
+  while (!sleeper.woken) {
+    co_await event.Wait();
+  }
+}
+
+bool World::Sleeping(std::chrono::milliseconds duration) const {
+  return std::any_of(sleepers_.begin(), sleepers_.end(),
+                     [duration](const Sleeper* s) { return s->duration == duration && !s->woken; });
+}
+
+void World::Wake(std::chrono::milliseconds duration) {
+  for (Sleeper* sleeper : sleepers_) {
+    if (sleeper->duration == duration && !sleeper->woken) {
+      Trace(duration == kRetryInterval ? "the retry interval passes" : "the clean interval passes");
+      sleeper->woken = true;
+      sleeper->event->Notify();
+      return;
+    }
+  }
+}
+
+std::shared_ptr<Connection> World::OpenConnection() const {
+  for (auto it = connections_.rbegin(); it != connections_.rend(); ++it) {
+    if ((*it)->open) {
+      return *it;
+    }
+  }
+  return nullptr;
+}
+
+bool World::Connected() const {
+  return primary_->replicator->connection() == mirror::ConnectionState::kConnected;
 }
 
 void World::Setup() {
@@ -907,6 +739,7 @@ void World::Setup() {
   w_cut_ = kCut[rng_() % 4];
   w_clean_ = 20 + static_cast<int>(rng_() % 80);
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
+  keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
   std::vector<std::byte> meta(primary_meta_.size_bytes());
   std::vector<uint8_t> empty(mirror::kBitmapAreaBytes, 0);
@@ -918,6 +751,13 @@ void World::Setup() {
   }
   primary_meta_.Initialize(meta);
   secondary_meta_.Initialize(meta);
+  for (Meta* md : {&pmd_, &smd_}) {
+    md->size_bytes = kVolumeBytes;
+    md->region_bytes = kRegionBytes;
+  }
+  pmd_.node_id = "A";
+  smd_.node_id = "B";
+  pmd_.volume_uuid = kVolumeUuid;
   const uint64_t g0 = mirror::NewGeneration();
   pmd_.gens.current = g0;
   pmd_.disk = DiskState::kUpToDate;
@@ -928,6 +768,7 @@ void World::Setup() {
     smd_.gens.current = smd_.gens.bitmap = g0;
     pmd_.gens.current_shared = smd_.gens.current_shared = true;
     smd_.disk = DiskState::kUpToDate;
+    smd_.volume_uuid = kVolumeUuid;
     Trace("setup: paired at " + Gen(g0));
   } else {
     // A new pair: the primary holds data (a client wrote it, durably, before the standby was
@@ -953,13 +794,14 @@ void World::Setup() {
   }
   Trace(std::string("setup: mode ") + (mode_ == mirror::Mode::kSync ? "sync" : "flush") +
         ", weights crash A/B " + std::to_string(w_crash_primary_) + "/" +
-        std::to_string(w_crash_secondary_) + ", cut " + std::to_string(w_cut_));
+        std::to_string(w_crash_secondary_) + ", cut " + std::to_string(w_cut_) +
+        (keep_marked_bytes_ == 0 ? ", cleans while busy" : ", keeps a busy bitmap marked"));
   if (options_.inject_write_eio) {
     primary_data_.set_write_eio_per_mille(5);
     secondary_data_.set_write_eio_per_mille(5);
   }
-  StartPrimary();
   StartSecondary();
+  StartPrimary();
 }
 
 std::vector<uint8_t> World::LoadBitmap(const SimStore& meta, uint64_t& torn) {
@@ -985,43 +827,56 @@ void World::StartSecondary() {
   uint64_t torn = 0;
   const std::vector<uint8_t> bits = LoadBitmap(secondary_meta_, torn);
   secondary_ = std::make_unique<Secondary>(*this, secondary_data_, secondary_meta_, smd_, bits);
-  if (torn > 0) {
-    Trace("B starts with a torn bitmap page");
-  }
+  Trace("B starts: " + GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk) +
+        (torn > 0 ? " (torn bitmap page)" : ""));
 }
 
 void World::StartPrimary() {
-  ++incarnation_;
   uint64_t torn = 0;
   const std::vector<uint8_t> bits = LoadBitmap(primary_meta_, torn);
   auto engine = std::make_unique<PrimaryEngine>();
   engine->io = std::make_unique<asio::io_context>();
   engine->pool = std::make_unique<base::BufferPool>(pool_bytes_);
+  engine->superblock = std::make_unique<MemorySuperblock>(pmd_);
   engine->log = std::make_unique<mirror::WriteIntentLog>(*engine->io, &primary_meta_, kVolumeBytes,
                                                          kRegionBytes, bits);
-  // As in the daemon, marks go ahead over aligned chunks (here 4 regions), in half the
-  // schedules; chosen from the seed, so the random stream of every schedule stays as it was.
-  if (options_.seed % 2 == 0) {
-    engine->log->set_mark_ahead_bytes(4 * kRegionBytes);
-  }
-  engine->link = std::make_unique<SimReplicator>(*this, *engine->io, pmd_, *engine->log,
-                                                 *engine->pool, options_.variant);
-  engine->volume = std::make_unique<mirror::Volume>(*engine->io, primary_data_, engine->link.get(),
-                                                    mode_, engine->log.get());
-  engine->link->SetVolume(engine->volume.get());
+  mirror::ReplicatorOptions options;
+  options.node_id = "A";
+  options.peer_node_id = "B";
+  options.retry_interval = kRetryInterval;
+  options.clean_interval = kCleanInterval;
+  options.keep_marked_bytes = keep_marked_bytes_;
+  // Marks of one region, or (as the daemon does, with 1 MiB) of aligned chunks, here 4 regions.
+  options.mark_ahead_bytes = options_.seed % 2 == 0 ? 4 * kRegionBytes : kRegionBytes;
+  options.dial = [this] { return Connect(); };
+  options.sleep = [this](std::chrono::milliseconds duration) { return Sleep(duration); };
+  // After a crash the primary cannot know the peer's state: no clean shutdown was recorded.
+  engine->replicator = std::make_unique<mirror::Replicator>(
+      *engine->io, std::move(options), *engine->superblock, *engine->log, *engine->pool,
+      /*peer_disk_known_good=*/false);
+  engine->volume = std::make_unique<mirror::Volume>(
+      *engine->io, primary_data_, engine->replicator.get(), mode_, engine->log.get());
+  engine->replicator->SetVolume(engine->volume.get());
   engine->volume->group_commit().SetClock([this] { return VirtualNow(); });
   primary_ = std::move(engine);
   Trace("A starts: " + GensText(pmd_.gens) + ", " +
         std::to_string(primary_->log->marked_regions()) + " regions marked" +
         (torn > 0 ? " (torn bitmap page)" : ""));
+  primary_->replicator->Start();
+}
+
+void World::Tally() {
+  result_.cleared_regions += primary_->log->stats().cleared_regions;
+  result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
 }
 
 void World::CrashPrimary() {
   CheckFailover();
   ++result_.primary_crashes;
-  result_.cleared_regions += primary_->link->cleared_regions();
-  result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
-  Cut("primary crashed", /*primary_notices=*/false, /*prefix_arrives=*/true);
+  Tally();
+  for (const auto& connection : connections_) {
+    Cut(connection, "primary crashed", Side::kPrimary, /*crashed=*/true);
+  }
   Trace(primary_data_.Crash(rng_));
   Trace(primary_meta_.Crash(rng_));
   primary_.reset();
@@ -1038,8 +893,9 @@ void World::CrashPrimary() {
 
 void World::CrashSecondary() {
   ++result_.secondary_crashes;
-  Cut("secondary crashed", /*primary_notices=*/true, /*prefix_arrives=*/false);
-  stale_.clear();
+  for (const auto& connection : connections_) {
+    Cut(connection, "secondary crashed", Side::kSecondary, /*crashed=*/true);
+  }
   Trace(secondary_data_.Crash(rng_));
   Trace(secondary_meta_.Crash(rng_));
   secondary_.reset();
@@ -1054,9 +910,72 @@ void World::Drain() {
     secondary_->io().restart();
     ran += secondary_->io().poll();
     if (ran == 0) {
-      return;
+      break;
     }
   }
+  // Connections with nothing left to deliver are gone.
+  std::erase_if(connections_, [](const std::shared_ptr<Connection>& c) {
+    return !c->open && c->to_primary.empty() && c->to_secondary.empty();
+  });
+}
+
+void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& actions) {
+  auto add = [&actions](int weight, Action action) {
+    if (weight > 0) {
+      actions.emplace_back(weight, std::move(action));
+    }
+  };
+  for (SimStore* store : {&primary_data_, &primary_meta_, &secondary_data_, &secondary_meta_}) {
+    if (store->pending_count() > 0) {
+      add(store == &primary_meta_ || store == &secondary_meta_ ? 100 : 200,
+          [this, store] { CompleteRandom(*store); });
+    }
+  }
+  for (const auto& connection : connections_) {
+    for (Side to : {Side::kSecondary, Side::kPrimary}) {
+      if (!connection->toward(to).empty()) {
+        add(150, [this, connection, to] { Deliver(connection, to); });
+      }
+    }
+  }
+  const bool link_down = OpenConnection() == nullptr;
+  if (Sleeping(kRetryInterval) && (options_.writes_during_handshake || outstanding_ == 0)) {
+    add(healing ? 50 : 30, [this] { Wake(kRetryInterval); });
+  }
+  if (healing) {
+    return;
+  }
+  const bool handshaking = !link_down && !Connected();
+  if (outstanding_ < kMaxOutstanding && (options_.writes_during_handshake || !handshaking)) {
+    // Fewer new requests while the link is down, so that the volume drains now and then and
+    // the handshake can start (see ScheduleOptions::writes_during_handshake).
+    add(link_down && !options_.writes_during_handshake ? 60 : 250, [this] { SubmitClientOp(); });
+  }
+  if (Sleeping(kCleanInterval)) {
+    add(w_clean_, [this] { Wake(kCleanInterval); });
+  }
+  if (options_.variant == Variant::kCleanWithoutFlush && Connected() &&
+      primary_->replicator->peer_disk() == DiskState::kUpToDate &&
+      primary_->log->marked_regions() > 0) {
+    // The broken engine: it clears the bitmap with nothing making the completed writes durable
+    // on both copies first.
+    add(w_clean_, [this] {
+      Trace("A clears its bitmap without a flush (broken variant)");
+      primary_->log->ClearAll([](const Status&) {});
+    });
+  }
+  if (auto connection = OpenConnection()) {
+    add(w_cut_, [this, connection] { Cut(connection, "link dropped", std::nullopt, false); });
+  }
+  add(w_crash_primary_, [this] { CrashPrimary(); });
+  add(10, [this] { CheckFailover(); });
+  add(w_crash_secondary_, [this] { CrashSecondary(); });
+}
+
+bool World::Healed() const {
+  const mirror::Replicator& r = *primary_->replicator;
+  return Connected() && r.peer_disk() == DiskState::kUpToDate && !r.resync().running &&
+         !r.cleaning() && r.pending_count() == 0 && r.held_count() == 0 && outstanding_ == 0;
 }
 
 uint64_t World::RandomOffset() {
@@ -1160,143 +1079,6 @@ void World::CompleteRandom(SimStore& store) {
   Trace(store.CompleteAt(rng_() % store.pending_count(), rng_));
 }
 
-void World::DeliverToSecondary() {
-  Msg msg;
-  const bool from_stale = !stale_.empty();
-  if (from_stale) {
-    msg = std::move(stale_.front());
-    stale_.pop_front();
-  } else {
-    msg = std::move(wire_.to_secondary.front());
-    wire_.to_secondary.pop_front();
-  }
-  static constexpr const char* kNames[] = {"Write", "Zero", "Flush", "ResyncDone"};
-  Trace("B receives link " + std::to_string(msg.wire) + " seq " + std::to_string(msg.seq) + " " +
-        kNames[static_cast<int>(msg.kind)] + " " + std::to_string(msg.offset_bytes) + "+" +
-        std::to_string(msg.length_bytes) + (msg.resync ? " (resync)" : ""));
-  const bool last_of_cut = from_stale && stale_.empty();
-  secondary_->Receive(msg);
-  if (last_of_cut) {
-    secondary_->EndOfLink(Status::Error(ECONNRESET, "link cut"));
-  }
-}
-
-void World::DeliverAck() {
-  Ack ack = wire_.to_primary.front();
-  wire_.to_primary.pop_front();
-  Trace("A receives ack seq " + std::to_string(ack.seq) +
-        (ack.error != 0 ? " error " + std::to_string(ack.error) : ""));
-  primary_->link->OnAck(ack);
-}
-
-// ConnectOnce and Plan, up to the durable bitmap (the primary's side), then the secondary's.
-void World::Dial() {
-  wire_ = Wire{++wire_ids_, true, {}, {}};
-  Generations next;
-  uint64_t target = 0;
-  const mirror::SyncDecision view = DecideSync(
-      pmd_.gens, smd_.gens, smd_.disk == DiskState::kUpToDate, primary_->log->marked_bytes() > 0);
-  const mirror::SyncDecision decision =
-      primary_->link->Plan(smd_.gens, smd_.disk == DiskState::kUpToDate, next, target);
-  Trace("dial link " + std::to_string(wire_.id) + ": A " + GensText(pmd_.gens) + ", B " +
-        GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk) + ": " +
-        mirror::SyncKindName(decision.kind) + " (" + NameGenerations(decision.reason) + ")");
-  if (mirror::IsRefusal(decision.kind) || mirror::IsRefusal(view.kind)) {
-    Fail("handshake refused: " + NameGenerations(decision.reason) + " / " +
-         NameGenerations(view.reason));
-    return;
-  }
-  plan_next_ = next;
-  plan_target_ = target;
-  plan_resync_ = decision.kind != SyncKind::kNone;
-  handshake_ = Handshake::kPersisting;
-  const uint64_t id = ++handshake_id_;
-  primary_->log->Persist([this, id](const Status& st) {
-    if (id != handshake_id_) {
-      return;
-    }
-    if (!st.ok()) {
-      Cut("recording the sync plan failed", true, true);
-      return;
-    }
-    primary_->link->RecordPlan(plan_next_);
-    handshake_ = Handshake::kPlanSent;
-    Trace("A recorded plan: " + GensText(pmd_.gens));
-  });
-}
-
-void World::DeliverPlan() {
-  // PeerListener::Handshake: without a resync the primary vouches the copies are identical and
-  // the secondary's own marks are moot (its ClearAll completes at once: it never marks here).
-  mirror::FollowPrimaryGeneration(smd_, plan_target_,
-                                  plan_resync_ ? DiskState::kInconsistent : DiskState::kUpToDate);
-  handshake_ = Handshake::kRecorded;
-  Trace("B recorded plan: " + GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk));
-}
-
-void World::Ready() {
-  handshake_ = Handshake::kNone;
-  secondary_->Attach(wire_.id);
-  Trace("link " + std::to_string(wire_.id) + " up");
-  primary_->link->OnConnected(plan_resync_);
-}
-
-void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& actions) {
-  auto add = [&actions](int weight, Action action) {
-    if (weight > 0) {
-      actions.emplace_back(weight, std::move(action));
-    }
-  };
-  if (primary_data_.pending_count() > 0) {
-    add(200, [this] { CompleteRandom(primary_data_); });
-  }
-  if (primary_meta_.pending_count() > 0) {
-    add(100, [this] { CompleteRandom(primary_meta_); });
-  }
-  if (secondary_data_.pending_count() > 0) {
-    add(200, [this] { CompleteRandom(secondary_data_); });
-  }
-  if (secondary_meta_.pending_count() > 0) {
-    add(100, [this] { CompleteRandom(secondary_meta_); });
-  }
-  if (!stale_.empty() || (wire_.open && !wire_.to_secondary.empty())) {
-    add(150, [this] { DeliverToSecondary(); });
-  }
-  if (wire_.open && !wire_.to_primary.empty()) {
-    add(150, [this] { DeliverAck(); });
-  }
-  const bool link_down = !wire_.open && handshake_ == Handshake::kNone;
-  // PeerListener refuses a primary while the applier still holds the previous connection.
-  if (link_down && stale_.empty() && !secondary_->attached() &&
-      (options_.writes_during_handshake || outstanding_ == 0)) {
-    add(healing ? 50 : 30, [this] { Dial(); });
-  }
-  if (handshake_ == Handshake::kPlanSent) {
-    add(50, [this] { DeliverPlan(); });
-  }
-  if (handshake_ == Handshake::kRecorded && secondary_->idle()) {
-    add(50, [this] { Ready(); });
-  }
-  if (healing) {
-    return;
-  }
-  if (outstanding_ < kMaxOutstanding &&
-      (options_.writes_during_handshake || handshake_ == Handshake::kNone)) {
-    // Fewer new requests while the link is down, so that the volume drains now and then and
-    // the handshake can start (see ScheduleOptions::writes_during_handshake).
-    add(link_down && !options_.writes_during_handshake ? 60 : 250, [this] { SubmitClientOp(); });
-  }
-  if (primary_->link->CanClean()) {
-    add(w_clean_, [this] { primary_->link->StartClean(); });
-  }
-  if (wire_.open) {
-    add(w_cut_, [this] { Cut("link dropped", true, true); });
-  }
-  add(w_crash_primary_, [this] { CrashPrimary(); });
-  add(10, [this] { CheckFailover(); });
-  add(w_crash_secondary_, [this] { CrashSecondary(); });
-}
-
 bool World::Step(bool healing) {
   std::vector<std::pair<int, Action>> actions;
   AddActions(healing, actions);
@@ -1318,12 +1100,6 @@ bool World::Step(bool healing) {
   Drain();
   ++step_;
   return true;
-}
-
-bool World::Healed() const {
-  const SimReplicator& link = *primary_->link;
-  return link.streaming() && link.peer_disk() == DiskState::kUpToDate && !link.resync_running() &&
-         !link.cleaning() && link.pending_count() == 0 && outstanding_ == 0;
 }
 
 void World::FinalFlush() {
@@ -1377,8 +1153,7 @@ World::Expected World::ComputeExpected(bool durable_only) const {
 }
 
 void World::CheckFailover() {
-  const SimReplicator& link = *primary_->link;
-  if (!link.streaming() || link.peer_disk() != DiskState::kUpToDate) {
+  if (!Connected() || primary_->replicator->peer_disk() != DiskState::kUpToDate) {
     return;
   }
   // The primary's status says the standby is connected and UpToDate: if the primary died now
@@ -1484,10 +1259,7 @@ ScheduleResult World::Run() {
   if (failure_.empty()) {
     Check();
   }
-  result_.resyncs = resyncs;
-  result_.resync_holes = resync_holes;
-  result_.cleared_regions += primary_->link->cleared_regions();
-  result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
+  Tally();
   // FNV-1a over the whole trace: two runs of a seed must take the same path, line for line.
   result_.trace_hash = 1469598103934665603ull;
   for (const std::string& line : trace_) {
@@ -1507,11 +1279,15 @@ ScheduleResult World::Run() {
 }  // namespace
 
 ScheduleResult RunSchedule(const ScheduleOptions& options) {
-  // The engine's own log lines (a link dropped, a resync done) are part of every schedule; the
-  // trace says what happened, and a failure prints it.
-  spdlog::set_level(spdlog::level::off);
   World world(options);
-  return world.Run();
+  // The engine's log lines go into the schedule's trace while it runs.
+  auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>("sim", std::make_shared<TraceSink>(world));
+  logger->set_level(spdlog::level::debug);
+  spdlog::set_default_logger(logger);
+  ScheduleResult result = world.Run();
+  spdlog::set_default_logger(previous);
+  return result;
 }
 
 }  // namespace sim

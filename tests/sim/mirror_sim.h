@@ -1,10 +1,10 @@
 #pragma once
 // The deterministic mirror simulation: one seeded schedule of client I/O, disk completions in
-// random order, link delays and cuts, and crashes of either host, run on the real engine
-// (mirror::Volume, WriteIntentLog, GroupCommit, Resync, DecideSync / DivergeFromPeer, and the
-// secondary's ReplicaApplier) over simulated disks (tests/sim/sim_store.h) and a simulated peer
-// link, then healed and checked.
-// See mirror_sim.cc for what is modelled and how; mirror_sim_test.cc for how it is run.
+// random order, frames delivered with any delay, link cuts, timers, and crashes of either host,
+// run on the shipped engine of both hosts (mirror::Volume, Replicator, PeerListener,
+// ReplicaApplier, WriteIntentLog, GroupCommit, Resync) over simulated disks
+// (tests/sim/sim_store.h), links and timers, then healed and checked. See mirror_sim.cc for
+// what is simulated and how; mirror_sim_test.cc for how it is run.
 
 #include <cstdint>
 #include <string>
@@ -14,8 +14,8 @@ namespace sim {
 // Deliberately broken engines, to show that the simulation catches them.
 enum class Variant {
   kCorrect,
-  // The clean cycle clears the bitmap at once, without the local datasync and the peer flush
-  // that make every completed write durable on both copies first.
+  // Now and then, while the peer is connected and UpToDate, the primary's bitmap is cleared at
+  // once, without the local datasync and the peer flush that a clean cycle waits for.
   kCleanWithoutFlush,
 };
 

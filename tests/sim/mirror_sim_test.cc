@@ -3,12 +3,13 @@
 // operations completing in any order, a link that delays and gets cut with operations in
 // flight, and power losses of either host (unsynced writes lost or torn, the bitmap page
 // included), followed by reconnect and resync, every write the client was told succeeded is on
-// both copies and the two copies are identical. How: tests/sim/mirror_sim.cc runs the real
-// Volume, WriteIntentLog, GroupCommit, Resync and generation logic over simulated disks and a
-// simulated peer link, one schedule per seed (std::mt19937_64), and checks the durable images.
+// both copies and the two copies are identical. How: tests/sim/mirror_sim.cc runs the shipped
+// engine of both hosts (Volume, Replicator, PeerListener, ReplicaApplier, WriteIntentLog,
+// GroupCommit, Resync) over simulated disks, links and timers, one schedule per seed
+// (std::mt19937_64), and checks the durable images.
 //
-// It also proves the simulation has teeth: an engine whose clean cycle clears the bitmap
-// without first flushing both copies is caught within the default number of schedules.
+// It also proves the simulation has teeth: an engine that clears its bitmap without first
+// flushing both copies is caught within the default number of schedules.
 //
 // Environment:
 //   SIM_SCHEDULES=N   schedules of the main test (default 3000, 300 under sanitizers); the
