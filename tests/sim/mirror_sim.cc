@@ -34,18 +34,24 @@
 // FLUSH, at most 6 in flight; completion of any pending operation of any disk, in any order;
 // delivery of the next frame of any connection in either direction; the retry and clean
 // intervals passing; link cuts; crashes of either host (the engine is destroyed and restarted
-// from what is durable; a restarted primary does not know the peer's state and dials at once).
+// from what is durable; a restarted primary does not know the peer's state and dials at once);
+// failovers: while the primary reports its standby connected and UpToDate, the primary's host
+// dies, the standby is restarted as primary (the daemon's --primary, refused unless its copy is
+// UpToDate) and serves the clients, and the old primary rejoins as its standby. Roles can swap
+// back and forth within a schedule.
 // Per seed: mode sync or flush, a pair in sync or a new pair needing a full resync, how often
 // each fault strikes, whether a busy volume cleans its bitmap every cycle or keeps it marked,
 // marks of one region or of aligned chunks of four, and whether the resync's buffer budget
 // holds one block or many. Optionally (ScheduleOptions::inject_write_eio) data-disk writes
 // fail with EIO.
 //
-// What is not simulated: failover (the secondary never becomes primary), the `block` policy,
-// a failing datasync (GroupCommit then fails the disk for good, and a schedule that must heal
-// cannot), a failing metadata disk, authentication, TLS, the frame header and its checksum
-// (covered by unit and fuzz tests; a bad frame is a close here), heartbeats (a silent peer is
-// a cut here), verify, and the resync rate limit (unlimited here).
+// What is not simulated: promoting a standby the primary did not report UpToDate (its copy may
+// lack writes the primary acknowledged without it; the generations then refuse the rejoin as
+// split brain, which a schedule that must heal cannot get past), the `block` policy, a failing
+// datasync (GroupCommit then fails the disk for good, and a schedule that must heal cannot), a
+// failing metadata disk, authentication, TLS, the frame header and its checksum (covered by
+// unit and fuzz tests; a bad frame is a close here), heartbeats (a silent peer is a cut here),
+// verify, and the resync rate limit (unlimited here).
 //
 // After the random actions the schedule heals: no more faults and no more clean cycles; the
 // retry interval passes whenever the replicator waits for it, until the pair is connected, the
@@ -184,15 +190,16 @@ struct Connection {
 // received payloads from the host's BufferPool; the close reported once, posted to the loop.
 class SimEnd final : public transport::MessageLink {
  public:
-  SimEnd(World& world, std::shared_ptr<Connection> connection, Side side, asio::io_context& io,
-         base::BufferPool& pool)
+  SimEnd(World& world, std::shared_ptr<Connection> connection, Side side, std::string name,
+         std::string remote, asio::io_context& io, base::BufferPool& pool)
       : world_(world),
         connection_(std::move(connection)),
         side_(side),
         io_(io),
         pool_(pool),
         readable_(io.get_executor()),
-        remote_(side == Side::kPrimary ? "B" : "A") {}
+        name_(std::move(name)),
+        remote_(std::move(remote)) {}
 
   const std::string& remote() const override { return remote_; }
   asio::awaitable<Status> SendMessage(FrameType type,
@@ -273,6 +280,7 @@ class SimEnd final : public transport::MessageLink {
   asio::io_context& io_;
   base::BufferPool& pool_;
   base::AsyncEvent readable_;
+  const std::string name_;
   const std::string remote_;
   transport::FrameHandler* handler_ = nullptr;
   std::deque<transport::Frame> inbox_;
@@ -285,7 +293,7 @@ class SimEnd final : public transport::MessageLink {
 class Secondary {
  public:
   Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
-            const std::vector<uint8_t>& bits);
+            const std::vector<uint8_t>& bits, const std::string& primary_name);
   ~Secondary() {
     // A crash. The parts go while the io_context lives (their timers and events belong to it),
     // then the io_context drops its queued handlers and parked coroutines unrun, then the pool
@@ -348,18 +356,12 @@ struct ClientOp {
 class World {
  public:
   explicit World(const ScheduleOptions& options)
-      : options_(options),
-        rng_(options.seed),
-        primary_data_("A.data", kVolumeBytes),
-        primary_meta_("A.meta", mirror::kBitmapOffsetBytes +
-                                    mirror::BitmapPageCount(kRegions) * mirror::kBitmapPageBytes),
-        secondary_data_("B.data", kVolumeBytes),
-        secondary_meta_("B.meta", primary_meta_.size_bytes()) {}
+      : options_(options), rng_(options.seed), host_a_("A"), host_b_("B") {}
 
   ScheduleResult Run();
   ~World() {
     // Operations no disk completed hold callbacks (and buffers) of the engines: gone first.
-    for (SimStore* store : {&primary_data_, &primary_meta_, &secondary_data_, &secondary_meta_}) {
+    for (SimStore* store : {&P().data, &P().meta, &S().data, &S().meta}) {
       store->DropPending();
     }
     primary_.reset();
@@ -408,8 +410,12 @@ class World {
   asio::awaitable<void> Sleep(std::chrono::milliseconds duration);
   bool Sleeping(std::chrono::milliseconds duration) const;
   void Wake(std::chrono::milliseconds duration);
+  // The primary's host loses power: its engine goes, unsynced writes may be lost or torn.
+  void KillPrimary(const std::string& why);
   void CrashPrimary();
   void CrashSecondary();
+  void Failover();
+  bool MayFailOver() const;
   void Drain();
   bool Step(bool healing);
   void AddActions(bool healing, std::vector<std::pair<int, Action>>& actions);
@@ -436,12 +442,29 @@ class World {
 
   ScheduleOptions options_;
   std::mt19937_64 rng_;
-  SimStore primary_data_;
-  SimStore primary_meta_;
-  SimStore secondary_data_;
-  SimStore secondary_meta_;
-  Meta pmd_;
-  Meta smd_;
+  // A host: its disks and superblock outlive its engine. A starts as the primary; a failover
+  // swaps the roles.
+  struct Host {
+    explicit Host(const std::string& host_name)
+        : name(host_name),
+          data(host_name + ".data", kVolumeBytes),
+          meta(host_name + ".meta", mirror::kBitmapOffsetBytes + mirror::BitmapPageCount(kRegions) *
+                                                                     mirror::kBitmapPageBytes) {
+      md.node_id = host_name;
+    }
+    std::string name;
+    SimStore data;
+    SimStore meta;
+    Meta md;
+  };
+  Host& P() { return *primary_host_; }
+  Host& S() { return *secondary_host_; }
+  const Host& P() const { return *primary_host_; }
+  const Host& S() const { return *secondary_host_; }
+  Host host_a_;
+  Host host_b_;
+  Host* primary_host_ = &host_a_;
+  Host* secondary_host_ = &host_b_;
   mirror::Mode mode_ = mirror::Mode::kSync;
   std::unique_ptr<PrimaryEngine> primary_;
   std::unique_ptr<Secondary> secondary_;
@@ -455,6 +478,7 @@ class World {
   int w_crash_secondary_ = 1;
   int w_cut_ = 1;
   int w_clean_ = 5;
+  int w_failover_ = 0;
   // The resync's buffer budget: roomy, or one block at a time (blocks wait for buffers).
   size_t pool_bytes_ = 8 << 20;
   // 0: a clean cycle clears even while the volume is busy; the daemon's default otherwise.
@@ -523,13 +547,11 @@ void SimEnd::Close(Status why) {
     return;
   }
   MarkClosed(why.ToString());
-  world_.Cut(connection_,
-             std::string(side_ == Side::kPrimary ? "A" : "B") + " closed it: " + why.ToString(),
-             side_, /*crashed=*/false);
+  world_.Cut(connection_, name_ + " closed it: " + why.ToString(), side_, /*crashed=*/false);
 }
 
 Secondary::Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
-                     const std::vector<uint8_t>& bits)
+                     const std::vector<uint8_t>& bits, const std::string& primary_name)
     : superblock_(md),
       io_(std::make_unique<asio::io_context>()),
       // Room for everything a connection can hold: PeerConnection would stop reading instead.
@@ -538,8 +560,8 @@ Secondary::Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
       applier_(std::make_unique<mirror::ReplicaApplier>(*io_, data, superblock_, *log_)) {
   applier_->group_commit().SetClock([&world] { return world.VirtualNow(); });
   mirror::PeerListenerOptions options;
-  options.node_id = "B";
-  options.peer_node_id = "A";
+  options.node_id = md.node_id;
+  options.peer_node_id = primary_name;
   listener_ = std::make_unique<mirror::PeerListener>(*io_, options, superblock_, *log_, *pool_,
                                                      applier_.get());
 }
@@ -547,7 +569,7 @@ Secondary::Secondary(World& world, SimStore& data, SimStore& meta, Meta& md,
 void World::TraceLog(const std::string& line) {
   // Name every generation either host records, in a fixed order, so that one minted just now
   // gets the same name in every run of the seed.
-  for (const Meta* md : {&pmd_, &smd_}) {
+  for (const Meta* md : {&host_a_.md, &host_b_.md}) {
     Gen(md->gens.current);
     Gen(md->gens.bitmap);
     for (uint64_t gen : md->gens.history) {
@@ -635,7 +657,7 @@ void World::Cut(const std::shared_ptr<Connection>& connection, const std::string
     // socket buffer.
     const size_t arrives = closer == to || queue.empty() ? 0 : rng_() % (queue.size() + 1);
     queue.resize(arrives);
-    text += std::string(" to ") + (to == Side::kPrimary ? "A " : "B ") + std::to_string(arrives) +
+    text += " to " + (to == Side::kPrimary ? P().name : S().name) + " " + std::to_string(arrives) +
             " of " + std::to_string(in_flight) + " arrive;";
   }
   Trace(text);
@@ -660,7 +682,7 @@ void World::Deliver(const std::shared_ptr<Connection>& connection, Side to) {
   std::deque<WireFrame>& queue = connection->toward(to);
   WireFrame frame = std::move(queue.front());
   queue.pop_front();
-  Trace(std::string(to == Side::kPrimary ? "A" : "B") + " receives link " +
+  Trace((to == Side::kPrimary ? P().name : S().name) + " receives link " +
         std::to_string(connection->id) + " " + Describe(frame));
   if (auto end = connection->end(to).lock()) {
     end->Receive(std::move(frame));
@@ -673,14 +695,14 @@ void World::Deliver(const std::shared_ptr<Connection>& connection, Side to) {
 asio::awaitable<base::Result<std::shared_ptr<transport::MessageLink>>> World::Connect() {
   auto connection = std::make_shared<Connection>();
   connection->id = ++connection_ids_;
-  auto a =
-      std::make_shared<SimEnd>(*this, connection, Side::kPrimary, *primary_->io, *primary_->pool);
-  auto b = std::make_shared<SimEnd>(*this, connection, Side::kSecondary, secondary_->io(),
-                                    secondary_->pool());
+  auto a = std::make_shared<SimEnd>(*this, connection, Side::kPrimary, P().name, S().name,
+                                    *primary_->io, *primary_->pool);
+  auto b = std::make_shared<SimEnd>(*this, connection, Side::kSecondary, S().name, P().name,
+                                    secondary_->io(), secondary_->pool());
   connection->primary = a;
   connection->secondary = b;
   connections_.push_back(connection);
-  Trace("A dials: link " + std::to_string(connection->id));
+  Trace(P().name + " dials: link " + std::to_string(connection->id));
   asio::co_spawn(secondary_->io(), secondary_->listener().Serve(b), asio::detached);
   co_return std::shared_ptr<transport::MessageLink>(std::move(a));
 }
@@ -738,10 +760,12 @@ void World::Setup() {
   w_crash_secondary_ = kCrash[rng_() % 4];
   w_cut_ = kCut[rng_() % 4];
   w_clean_ = 20 + static_cast<int>(rng_() % 80);
+  static constexpr int kFailover[] = {0, 2, 8};
+  w_failover_ = kFailover[rng_() % 3];
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
-  std::vector<std::byte> meta(primary_meta_.size_bytes());
+  std::vector<std::byte> meta(P().meta.size_bytes());
   std::vector<uint8_t> empty(mirror::kBitmapAreaBytes, 0);
   for (uint64_t p = 0; p < mirror::BitmapPageCount(kRegions); ++p) {
     mirror::EncodeBitmapPage(
@@ -749,26 +773,24 @@ void World::Setup() {
         std::span(meta).subspan(mirror::kBitmapOffsetBytes + p * mirror::kBitmapPageBytes,
                                 mirror::kBitmapPageBytes));
   }
-  primary_meta_.Initialize(meta);
-  secondary_meta_.Initialize(meta);
-  for (Meta* md : {&pmd_, &smd_}) {
+  P().meta.Initialize(meta);
+  S().meta.Initialize(meta);
+  for (Meta* md : {&host_a_.md, &host_b_.md}) {
     md->size_bytes = kVolumeBytes;
     md->region_bytes = kRegionBytes;
   }
-  pmd_.node_id = "A";
-  smd_.node_id = "B";
-  pmd_.volume_uuid = kVolumeUuid;
+  P().md.volume_uuid = kVolumeUuid;
   const uint64_t g0 = mirror::NewGeneration();
-  pmd_.gens.current = g0;
-  pmd_.disk = DiskState::kUpToDate;
+  P().md.gens.current = g0;
+  P().md.disk = DiskState::kUpToDate;
   if (rng_() % 2 == 0) {
     // A pair that was in sync when it last stopped, both copies zero.
-    pmd_.gens.bitmap = g0;
-    pmd_.peer_disk = DiskState::kUpToDate;
-    smd_.gens.current = smd_.gens.bitmap = g0;
-    pmd_.gens.current_shared = smd_.gens.current_shared = true;
-    smd_.disk = DiskState::kUpToDate;
-    smd_.volume_uuid = kVolumeUuid;
+    P().md.gens.bitmap = g0;
+    P().md.peer_disk = DiskState::kUpToDate;
+    S().md.gens.current = S().md.gens.bitmap = g0;
+    P().md.gens.current_shared = S().md.gens.current_shared = true;
+    S().md.disk = DiskState::kUpToDate;
+    S().md.volume_uuid = kVolumeUuid;
     Trace("setup: paired at " + Gen(g0));
   } else {
     // A new pair: the primary holds data (a client wrote it, durably, before the standby was
@@ -783,13 +805,13 @@ void World::Setup() {
         data[i + k] = static_cast<std::byte>(word % 251 + 1);
       }
     }
-    primary_data_.Initialize(data);
+    P().data.Initialize(data);
     op.data = data;
     op.state = ClientOp::State::kOk;
     op.guaranteed = true;
     ops_.push_back(std::move(op));
-    pmd_.peer_disk = DiskState::kInconsistent;
-    smd_.disk = DiskState::kInconsistent;
+    P().md.peer_disk = DiskState::kInconsistent;
+    S().md.disk = DiskState::kInconsistent;
     Trace("setup: new pair, secondary never synchronised");
   }
   Trace(std::string("setup: mode ") + (mode_ == mirror::Mode::kSync ? "sync" : "flush") +
@@ -797,8 +819,8 @@ void World::Setup() {
         std::to_string(w_crash_secondary_) + ", cut " + std::to_string(w_cut_) +
         (keep_marked_bytes_ == 0 ? ", cleans while busy" : ", keeps a busy bitmap marked"));
   if (options_.inject_write_eio) {
-    primary_data_.set_write_eio_per_mille(5);
-    secondary_data_.set_write_eio_per_mille(5);
+    P().data.set_write_eio_per_mille(5);
+    S().data.set_write_eio_per_mille(5);
   }
   StartSecondary();
   StartPrimary();
@@ -825,24 +847,24 @@ std::vector<uint8_t> World::LoadBitmap(const SimStore& meta, uint64_t& torn) {
 
 void World::StartSecondary() {
   uint64_t torn = 0;
-  const std::vector<uint8_t> bits = LoadBitmap(secondary_meta_, torn);
-  secondary_ = std::make_unique<Secondary>(*this, secondary_data_, secondary_meta_, smd_, bits);
-  Trace("B starts: " + GensText(smd_.gens) + " " + mirror::DiskStateName(smd_.disk) +
-        (torn > 0 ? " (torn bitmap page)" : ""));
+  const std::vector<uint8_t> bits = LoadBitmap(S().meta, torn);
+  secondary_ = std::make_unique<Secondary>(*this, S().data, S().meta, S().md, bits, P().name);
+  Trace(S().name + " starts as secondary: " + GensText(S().md.gens) + " " +
+        mirror::DiskStateName(S().md.disk) + (torn > 0 ? " (torn bitmap page)" : ""));
 }
 
 void World::StartPrimary() {
   uint64_t torn = 0;
-  const std::vector<uint8_t> bits = LoadBitmap(primary_meta_, torn);
+  const std::vector<uint8_t> bits = LoadBitmap(P().meta, torn);
   auto engine = std::make_unique<PrimaryEngine>();
   engine->io = std::make_unique<asio::io_context>();
   engine->pool = std::make_unique<base::BufferPool>(pool_bytes_);
-  engine->superblock = std::make_unique<MemorySuperblock>(pmd_);
-  engine->log = std::make_unique<mirror::WriteIntentLog>(*engine->io, &primary_meta_, kVolumeBytes,
+  engine->superblock = std::make_unique<MemorySuperblock>(P().md);
+  engine->log = std::make_unique<mirror::WriteIntentLog>(*engine->io, &P().meta, kVolumeBytes,
                                                          kRegionBytes, bits);
   mirror::ReplicatorOptions options;
-  options.node_id = "A";
-  options.peer_node_id = "B";
+  options.node_id = P().name;
+  options.peer_node_id = S().name;
   options.retry_interval = kRetryInterval;
   options.clean_interval = kCleanInterval;
   options.keep_marked_bytes = keep_marked_bytes_;
@@ -854,12 +876,12 @@ void World::StartPrimary() {
   engine->replicator = std::make_unique<mirror::Replicator>(
       *engine->io, std::move(options), *engine->superblock, *engine->log, *engine->pool,
       /*peer_disk_known_good=*/false);
-  engine->volume = std::make_unique<mirror::Volume>(
-      *engine->io, primary_data_, engine->replicator.get(), mode_, engine->log.get());
+  engine->volume = std::make_unique<mirror::Volume>(*engine->io, P().data, engine->replicator.get(),
+                                                    mode_, engine->log.get());
   engine->replicator->SetVolume(engine->volume.get());
   engine->volume->group_commit().SetClock([this] { return VirtualNow(); });
   primary_ = std::move(engine);
-  Trace("A starts: " + GensText(pmd_.gens) + ", " +
+  Trace(P().name + " starts as primary: " + GensText(P().md.gens) + ", " +
         std::to_string(primary_->log->marked_regions()) + " regions marked" +
         (torn > 0 ? " (torn bitmap page)" : ""));
   primary_->replicator->Start();
@@ -870,15 +892,15 @@ void World::Tally() {
   result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
 }
 
-void World::CrashPrimary() {
+void World::KillPrimary(const std::string& why) {
   CheckFailover();
   ++result_.primary_crashes;
   Tally();
   for (const auto& connection : connections_) {
-    Cut(connection, "primary crashed", Side::kPrimary, /*crashed=*/true);
+    Cut(connection, why, Side::kPrimary, /*crashed=*/true);
   }
-  Trace(primary_data_.Crash(rng_));
-  Trace(primary_meta_.Crash(rng_));
+  Trace(P().data.Crash(rng_));
+  Trace(P().meta.Crash(rng_));
   primary_.reset();
   for (ClientOp& op : ops_) {
     if (op.state == ClientOp::State::kPending) {
@@ -888,7 +910,39 @@ void World::CrashPrimary() {
     }
   }
   outstanding_ = 0;
+}
+
+void World::CrashPrimary() {
+  KillPrimary("primary crashed");
   StartPrimary();
+}
+
+void World::Failover() {
+  // The primary host dies while it reports its standby connected and UpToDate (the moment an
+  // operator or a cluster manager may promote it: CheckFailover, run first, proves it safe).
+  // The standby's daemon is restarted with --primary (its disk may lose what it had not synced:
+  // the restart is a power loss too, which promises less); the old primary's host comes back
+  // and rejoins as the standby, to be resynced incrementally: the regions it had marked when it
+  // died plus those the new primary wrote since. The clients now write to the new primary.
+  ++result_.failovers;
+  Trace("failover: " + P().name + " dies, " + S().name + " is restarted as primary, " + P().name +
+        " rejoins as its standby");
+  KillPrimary(P().name + " died");
+  for (const auto& connection : connections_) {
+    Cut(connection, S().name + " restarts", Side::kSecondary, /*crashed=*/true);
+  }
+  Trace(S().data.Crash(rng_));
+  Trace(S().meta.Crash(rng_));
+  secondary_.reset();
+  std::swap(primary_host_, secondary_host_);
+  StartSecondary();
+  StartPrimary();
+}
+
+bool World::MayFailOver() const {
+  // As the daemon: only an UpToDate copy may start as primary.
+  return Connected() && primary_->replicator->peer_disk() == DiskState::kUpToDate &&
+         S().md.disk == DiskState::kUpToDate;
 }
 
 void World::CrashSecondary() {
@@ -896,8 +950,8 @@ void World::CrashSecondary() {
   for (const auto& connection : connections_) {
     Cut(connection, "secondary crashed", Side::kSecondary, /*crashed=*/true);
   }
-  Trace(secondary_data_.Crash(rng_));
-  Trace(secondary_meta_.Crash(rng_));
+  Trace(S().data.Crash(rng_));
+  Trace(S().meta.Crash(rng_));
   secondary_.reset();
   StartSecondary();
 }
@@ -925,9 +979,9 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
       actions.emplace_back(weight, std::move(action));
     }
   };
-  for (SimStore* store : {&primary_data_, &primary_meta_, &secondary_data_, &secondary_meta_}) {
+  for (SimStore* store : {&P().data, &P().meta, &S().data, &S().meta}) {
     if (store->pending_count() > 0) {
-      add(store == &primary_meta_ || store == &secondary_meta_ ? 100 : 200,
+      add(store == &P().meta || store == &S().meta ? 100 : 200,
           [this, store] { CompleteRandom(*store); });
     }
   }
@@ -960,7 +1014,7 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
     // The broken engine: it clears the bitmap with nothing making the completed writes durable
     // on both copies first.
     add(w_clean_, [this] {
-      Trace("A clears its bitmap without a flush (broken variant)");
+      Trace(P().name + " clears its bitmap without a flush (broken variant)");
       primary_->log->ClearAll([](const Status&) {});
     });
   }
@@ -968,6 +1022,9 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
     add(w_cut_, [this, connection] { Cut(connection, "link dropped", std::nullopt, false); });
   }
   add(w_crash_primary_, [this] { CrashPrimary(); });
+  if (MayFailOver()) {
+    add(w_failover_, [this] { Failover(); });
+  }
   add(10, [this] { CheckFailover(); });
   add(w_crash_secondary_, [this] { CrashSecondary(); });
 }
@@ -1159,7 +1216,7 @@ void World::CheckFailover() {
   // The primary's status says the standby is connected and UpToDate: if the primary died now
   // and the standby were promoted, every write acknowledged as durable must be on its disk.
   const Expected e = ComputeExpected(/*durable_only=*/true);
-  const auto& b = secondary_data_.durable();
+  const auto& b = S().data.durable();
   for (uint64_t at = 0; at < kVolumeBytes; ++at) {
     if (e.known[at] != 0 && b[at] != e.bytes[at]) {
       Fail(
@@ -1179,13 +1236,13 @@ void World::Check() {
   // With EIO injected, a failed write may have left bytes in a cache no datasync covers
   // (GroupCommit counts only successful writes; a real device flushes its whole cache at the
   // next FLUSH, but none may come): compare what each host serves.
-  const auto& a = options_.inject_write_eio ? primary_data_.data() : primary_data_.durable();
-  const auto& b = options_.inject_write_eio ? secondary_data_.data() : secondary_data_.durable();
-  if (!options_.inject_write_eio && primary_data_.data() != a) {
+  const auto& a = options_.inject_write_eio ? P().data.data() : P().data.durable();
+  const auto& b = options_.inject_write_eio ? S().data.data() : S().data.durable();
+  if (!options_.inject_write_eio && P().data.data() != a) {
     Fail("after the final flush the primary's cache differs from its disk");
     return;
   }
-  if (!options_.inject_write_eio && secondary_data_.data() != b) {
+  if (!options_.inject_write_eio && S().data.data() != b) {
     Fail("after the final flush the secondary's cache differs from its disk");
     return;
   }

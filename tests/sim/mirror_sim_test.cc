@@ -124,6 +124,7 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
     sweep.totals.resync_holes += result.resync_holes;
     sweep.totals.cleared_regions += result.cleared_regions;
     sweep.totals.failover_checks += result.failover_checks;
+    sweep.totals.failovers += result.failovers;
     sweep.totals.sync_aheads += result.sync_aheads;
     if (!result.ok) {
       sweep.first_failure = std::move(result);
@@ -138,7 +139,7 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
   std::printf(
       "%llu schedules in %.1f s: %llu client replies, %llu primary and %llu secondary crashes, "
       "%llu link cuts, %llu resyncs (%llu hole blocks), %llu bitmap regions cleaned, %llu "
-      "failover checks, %llu datasyncs ahead of a FLUSH\n",
+      "failover checks, %llu failovers, %llu datasyncs ahead of a FLUSH\n",
       static_cast<unsigned long long>(sweep.schedules), std::chrono::duration<double>(took).count(),
       static_cast<unsigned long long>(sweep.totals.acked_writes),
       static_cast<unsigned long long>(sweep.totals.primary_crashes),
@@ -148,6 +149,7 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       static_cast<unsigned long long>(sweep.totals.resync_holes),
       static_cast<unsigned long long>(sweep.totals.cleared_regions),
       static_cast<unsigned long long>(sweep.totals.failover_checks),
+      static_cast<unsigned long long>(sweep.totals.failovers),
       static_cast<unsigned long long>(sweep.totals.sync_aheads));
 }
 
@@ -167,6 +169,7 @@ void ExpectEveryFaultExercised(const Sweep& sweep) {
   EXPECT_GT(sweep.totals.resync_holes, 0u);
   EXPECT_GT(sweep.totals.cleared_regions, 0u);
   EXPECT_GT(sweep.totals.failover_checks, 0u);
+  EXPECT_GT(sweep.totals.failovers, 0u);
   EXPECT_GT(sweep.totals.sync_aheads, 0u);
 }
 
