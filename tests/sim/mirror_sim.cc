@@ -39,19 +39,20 @@
 // dies, the standby is restarted as primary (the daemon's --primary, refused unless its copy is
 // UpToDate) and serves the clients, and the old primary rejoins as its standby. Roles can swap
 // back and forth within a schedule.
-// Per seed: mode sync or flush, a pair in sync or a new pair needing a full resync, how often
-// each fault strikes, whether a busy volume cleans its bitmap every cycle or keeps it marked,
-// marks of one region or of aligned chunks of four, and whether the resync's buffer budget
-// holds one block or many. Optionally (ScheduleOptions::inject_write_eio) data-disk writes
-// fail with EIO.
+// Per seed: mode sync or flush; --on-peer-loss degrade or block (under block, every write
+// acknowledged as durable must be durable on the standby at its reply, checked there); a pair
+// in sync or a new pair needing a full resync; how often each fault strikes; whether a busy
+// volume cleans its bitmap every cycle or keeps it marked; marks of one region or of aligned
+// chunks of four; whether the resync's buffer budget holds one block or many. Optionally
+// (ScheduleOptions::inject_write_eio) data-disk writes fail with EIO.
 //
 // What is not simulated: promoting a standby the primary did not report UpToDate (its copy may
 // lack writes the primary acknowledged without it; the generations then refuse the rejoin as
-// split brain, which a schedule that must heal cannot get past), the `block` policy, a failing
-// datasync (GroupCommit then fails the disk for good, and a schedule that must heal cannot), a
-// failing metadata disk, authentication, TLS, the frame header and its checksum (covered by
-// unit and fuzz tests; a bad frame is a close here), heartbeats (a silent peer is a cut here),
-// verify, and the resync rate limit (unlimited here).
+// split brain, which a schedule that must heal cannot get past), a failing datasync
+// (GroupCommit then fails the disk for good, and a schedule that must heal cannot), a failing
+// metadata disk, authentication, TLS, the frame header and its checksum (covered by unit and
+// fuzz tests; a bad frame is a close here), heartbeats (a silent peer is a cut here), verify,
+// and the resync rate limit (unlimited here).
 //
 // After the random actions the schedule heals: no more faults and no more clean cycles; the
 // retry interval passes whenever the replicator waits for it, until the pair is connected, the
@@ -479,6 +480,7 @@ class World {
   int w_cut_ = 1;
   int w_clean_ = 5;
   int w_failover_ = 0;
+  bool block_ = false;  // --on-peer-loss block rather than degrade.
   // The resync's buffer budget: roomy, or one block at a time (blocks wait for buffers).
   size_t pool_bytes_ = 8 << 20;
   // 0: a clean cycle clears even while the volume is busy; the daemon's default otherwise.
@@ -762,6 +764,7 @@ void World::Setup() {
   w_clean_ = 20 + static_cast<int>(rng_() % 80);
   static constexpr int kFailover[] = {0, 2, 8};
   w_failover_ = kFailover[rng_() % 3];
+  block_ = rng_() % 4 == 0;
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
@@ -817,7 +820,8 @@ void World::Setup() {
   Trace(std::string("setup: mode ") + (mode_ == mirror::Mode::kSync ? "sync" : "flush") +
         ", weights crash A/B " + std::to_string(w_crash_primary_) + "/" +
         std::to_string(w_crash_secondary_) + ", cut " + std::to_string(w_cut_) +
-        (keep_marked_bytes_ == 0 ? ", cleans while busy" : ", keeps a busy bitmap marked"));
+        (keep_marked_bytes_ == 0 ? ", cleans while busy" : ", keeps a busy bitmap marked") +
+        (block_ ? ", on peer loss block" : ", on peer loss degrade"));
   if (options_.inject_write_eio) {
     P().data.set_write_eio_per_mille(5);
     S().data.set_write_eio_per_mille(5);
@@ -868,6 +872,7 @@ void World::StartPrimary() {
   options.retry_interval = kRetryInterval;
   options.clean_interval = kCleanInterval;
   options.keep_marked_bytes = keep_marked_bytes_;
+  options.on_peer_loss = block_ ? mirror::PeerLossPolicy::kBlock : mirror::PeerLossPolicy::kDegrade;
   // Marks of one region, or (as the daemon does, with 1 MiB) of aligned chunks, here 4 regions.
   options.mark_ahead_bytes = options_.seed % 2 == 0 ? 4 * kRegionBytes : kRegionBytes;
   options.dial = [this] { return Connect(); };
@@ -1130,6 +1135,18 @@ void World::OnClientDone(size_t id, const Status& st) {
   } else if (mode_ == mirror::Mode::kSync || op.fua) {
     op.guaranteed = true;
   }
+  if (block_ && op.guaranteed && op.kind != ClientOp::Kind::kFlush) {
+    // `block` never acknowledges a write without the peer: at the reply of a durable write (mode
+    // sync or FUA) the standby's disk holds it durably. The range lock keeps any other write to
+    // these bytes out until now. (A write in mode flush without FUA is only promised written
+    // there: a power loss of the standby may take it even after its acknowledgement left.)
+    const std::vector<std::byte>& image = S().data.durable();
+    if (!std::equal(op.data.begin(), op.data.end(),
+                    image.begin() + static_cast<long>(op.offset_bytes))) {
+      Fail("under `block`, client op #" + std::to_string(id) +
+           " was acknowledged as durable before the standby's disk held it durably");
+    }
+  }
 }
 
 void World::CompleteRandom(SimStore& store) {
@@ -1155,6 +1172,9 @@ bool World::Step(bool healing) {
     pick -= a.first;
   }
   Drain();
+  if (primary_->replicator->held_count() > 0) {
+    ++result_.steps_holding_writes;
+  }
   ++step_;
   return true;
 }
