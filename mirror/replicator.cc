@@ -755,7 +755,8 @@ Status Replicator::StartVerify() {
             },
             [digest, done = std::move(done)](PeerOutcome outcome) { done(outcome, *digest); },
             /*resync=*/true, digest);
-      });
+      },
+      options_.verify_block_bytes);
   spdlog::info("verify against {}: comparing {} bytes by block digests", options_.peer_node_id,
                volume_->size_bytes());
   verifier_->Start([this](const VerifyProgress& result) { OnVerifyFinished(result); });

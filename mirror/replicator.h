@@ -89,6 +89,8 @@ struct ReplicatorOptions {
   uint64_t keep_marked_bytes = 4ull << 30;
   // With the peer in sync, marks cover aligned chunks of this size (see Start).
   uint64_t mark_ahead_bytes = 1 << 20;
+  // The blocks verify compares by digest.
+  uint64_t verify_block_bytes = Verifier::kBlockBytes;
 
   // For the mirror simulation: how a link is made and how time passes. Unset: TCP (TLS if
   // `tls`) to peer_endpoint, authenticated with `secret`; asio timers.

@@ -9,11 +9,12 @@ namespace mirror {
 using base::Status;
 
 Verifier::Verifier(Volume& volume, WriteIntentLog& intent_log, base::BufferPool& pool,
-                   RequestDigest request_digest)
+                   RequestDigest request_digest, uint64_t block_bytes)
     : volume_(volume),
       intent_log_(intent_log),
       pool_(pool),
-      request_digest_(std::move(request_digest)) {}
+      request_digest_(std::move(request_digest)),
+      block_bytes_(block_bytes) {}
 
 void Verifier::Start(Finished finished) {
   finished_ = std::move(finished);
@@ -41,7 +42,7 @@ void Verifier::Pump() {
   while (progress_.error.empty() && !waiting_for_buffer_ && in_flight_ < kMaxInFlight &&
          next_offset_ < progress_.total_bytes) {
     const uint64_t offset = next_offset_;
-    const uint64_t length = std::min(kBlockBytes, progress_.total_bytes - offset);
+    const uint64_t length = std::min(block_bytes_, progress_.total_bytes - offset);
     next_offset_ += length;
     ++in_flight_;
     volume_.LockRange(offset, length, [this, offset, length](InflightRanges::Ticket ticket) {

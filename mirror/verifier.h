@@ -47,8 +47,9 @@ class Verifier : public std::enable_shared_from_this<Verifier> {
                                            DigestDone done)>;
   using Finished = std::function<void(const VerifyProgress&)>;
 
+  // `block_bytes`: kBlockBytes but in the simulation (at most transport::kMaxDigestRangeBytes).
   Verifier(Volume& volume, WriteIntentLog& intent_log, base::BufferPool& pool,
-           RequestDigest request_digest);
+           RequestDigest request_digest, uint64_t block_bytes = kBlockBytes);
 
   void Start(Finished finished);
   void Cancel(const std::string& why);
@@ -67,6 +68,7 @@ class Verifier : public std::enable_shared_from_this<Verifier> {
   WriteIntentLog& intent_log_;
   base::BufferPool& pool_;
   RequestDigest request_digest_;
+  const uint64_t block_bytes_;
   Finished finished_;
   VerifyProgress progress_;
   uint64_t next_offset_ = 0;

@@ -167,6 +167,9 @@ void WriteIntentLog::MarkRange(uint64_t offset_bytes, uint64_t length_bytes) {
   }
   auto [first, end] = Regions(offset_bytes, length_bytes);
   for (uint64_t r = first; r < end; ++r) {
+    // Touched: a clean cycle that began before this mark must not clear it. Its flushes say
+    // nothing about a region found to differ (a verify mismatch) after they were asked for.
+    touched_[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
     copied_[r / 8] &= static_cast<uint8_t>(~(1u << (r % 8)));
     if (Set(r)) {
       SchedulePage(r / kBitsPerPage);

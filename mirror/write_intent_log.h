@@ -93,7 +93,8 @@ class WriteIntentLog {
   void Unmark(uint64_t offset_bytes, uint64_t length_bytes);
 
   // Marks a range without a write behind it (a peer's marked regions, a verify mismatch, the
-  // whole volume for a full resync). Persist() makes it durable.
+  // whole volume for a full resync). Persist() makes it durable. The running clean cycle, if
+  // any, keeps these regions marked, as if a write had touched them.
   void MarkRange(uint64_t offset_bytes, uint64_t length_bytes);
   void MarkAll();
   void Persist(StoreDone done);

@@ -38,7 +38,10 @@
 // failovers: while the primary reports its standby connected and UpToDate, the primary's host
 // dies, the standby is restarted as primary (the daemon's --primary, refused unless its copy is
 // UpToDate) and serves the clients, and the old primary rejoins as its standby. Roles can swap
-// back and forth within a schedule.
+// back and forth within a schedule; bit rot: a byte of the standby's disk changes behind every
+// component's back, and the operator runs `nbdmirror verify` (the shipped Verifier, the
+// applier's DigestRequest), which must find it so that the resync after it repairs it before
+// the schedule ends (a verify also runs now and then with nothing to find).
 // Per seed: mode sync or flush; --on-peer-loss degrade or block (under block, every write
 // acknowledged as durable must be durable on the standby at its reply, checked there); a pair
 // in sync or a new pair needing a full resync; how often each fault strikes; whether a busy
@@ -51,8 +54,8 @@
 // split brain, which a schedule that must heal cannot get past), a failing datasync
 // (GroupCommit then fails the disk for good, and a schedule that must heal cannot), a failing
 // metadata disk, authentication, TLS, the frame header and its checksum (covered by unit and
-// fuzz tests; a bad frame is a close here), heartbeats (a silent peer is a cut here), verify,
-// and the resync rate limit (unlimited here).
+// fuzz tests; a bad frame is a close here), heartbeats (a silent peer is a cut here), and the
+// resync rate limit (unlimited here).
 //
 // After the random actions the schedule heals: no more faults and no more clean cycles; the
 // retry interval passes whenever the replicator waits for it, until the pair is connected, the
@@ -417,6 +420,11 @@ class World {
   void CrashSecondary();
   void Failover();
   bool MayFailOver() const;
+  // Bit rot on the standby's disk, and the operator's `nbdmirror verify` that must find it.
+  void Rot();
+  void StartVerify();
+  void WatchVerify();
+  bool Rotten() const { return rot_epoch_ != repaired_epoch_; }
   void Drain();
   bool Step(bool healing);
   void AddActions(bool healing, std::vector<std::pair<int, Action>>& actions);
@@ -481,6 +489,12 @@ class World {
   int w_clean_ = 5;
   int w_failover_ = 0;
   bool block_ = false;  // --on-peer-loss block rather than degrade.
+  int w_rot_ = 0;
+  // Rots so far; the rots a completed verify has found (their marks then resync them); the
+  // rots before the running verify started, while one is watched.
+  uint64_t rot_epoch_ = 0;
+  uint64_t repaired_epoch_ = 0;
+  std::optional<uint64_t> verify_epoch_;
   // The resync's buffer budget: roomy, or one block at a time (blocks wait for buffers).
   size_t pool_bytes_ = 8 << 20;
   // 0: a clean cycle clears even while the volume is busy; the daemon's default otherwise.
@@ -765,6 +779,8 @@ void World::Setup() {
   static constexpr int kFailover[] = {0, 2, 8};
   w_failover_ = kFailover[rng_() % 3];
   block_ = rng_() % 4 == 0;
+  static constexpr int kRot[] = {0, 0, 3};
+  w_rot_ = kRot[rng_() % 3];
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
@@ -873,6 +889,8 @@ void World::StartPrimary() {
   options.clean_interval = kCleanInterval;
   options.keep_marked_bytes = keep_marked_bytes_;
   options.on_peer_loss = block_ ? mirror::PeerLossPolicy::kBlock : mirror::PeerLossPolicy::kDegrade;
+  // Verify compares 16 KiB blocks here (1 MiB in the daemon: the whole of this volume).
+  options.verify_block_bytes = 4 * kRegionBytes;
   // Marks of one region, or (as the daemon does, with 1 MiB) of aligned chunks, here 4 regions.
   options.mark_ahead_bytes = options_.seed % 2 == 0 ? 4 * kRegionBytes : kRegionBytes;
   options.dial = [this] { return Connect(); };
@@ -899,6 +917,7 @@ void World::Tally() {
 
 void World::KillPrimary(const std::string& why) {
   CheckFailover();
+  verify_epoch_.reset();  // A verify dies with its engine; its marks made so far stay.
   ++result_.primary_crashes;
   Tally();
   for (const auto& connection : connections_) {
@@ -945,9 +964,45 @@ void World::Failover() {
 }
 
 bool World::MayFailOver() const {
-  // As the daemon: only an UpToDate copy may start as primary.
+  // As the daemon: only an UpToDate copy may start as primary. Nor a copy with bit rot nobody
+  // has found yet: that would be data lost, whatever the mirror does.
   return Connected() && primary_->replicator->peer_disk() == DiskState::kUpToDate &&
-         S().md.disk == DiskState::kUpToDate;
+         S().md.disk == DiskState::kUpToDate && !Rotten();
+}
+
+void World::Rot() {
+  const uint64_t at = rng_() % kVolumeBytes;
+  S().data.Rot(at);
+  ++rot_epoch_;
+  ++result_.rots;
+  Trace(S().name + ".data rots at byte " + std::to_string(at));
+}
+
+void World::StartVerify() {
+  Status st = primary_->replicator->StartVerify();
+  Trace("operator: nbdmirror verify: " + (st.ok() ? std::string("started") : st.ToString()));
+  if (st.ok()) {
+    verify_epoch_ = rot_epoch_;
+  }
+}
+
+void World::WatchVerify() {
+  if (!verify_epoch_) {
+    return;
+  }
+  const mirror::VerifyProgress* verify = primary_->replicator->verify();
+  if (verify == nullptr || verify->running) {
+    return;
+  }
+  if (verify->finished && verify->error.empty()) {
+    // Every rot before it started is marked now (persisted before `finished`), so the resync
+    // that follows, or the next connection's, copies it over.
+    repaired_epoch_ = std::max(repaired_epoch_, *verify_epoch_);
+    if (verify->differing_bytes > 0) {
+      ++result_.verify_repairs;
+    }
+  }
+  verify_epoch_.reset();
 }
 
 void World::CrashSecondary() {
@@ -1001,6 +1056,12 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
   if (Sleeping(kRetryInterval) && (options_.writes_during_handshake || outstanding_ == 0)) {
     add(healing ? 50 : 30, [this] { Wake(kRetryInterval); });
   }
+  const mirror::Replicator& replicator = *primary_->replicator;
+  if (!verify_epoch_ && Connected() && replicator.peer_disk() == DiskState::kUpToDate &&
+      !replicator.resync().running && (Rotten() || (!healing && w_rot_ > 0))) {
+    // Mostly when there is rot to find; now and then when there is none.
+    add(Rotten() ? 20 : 2, [this] { StartVerify(); });
+  }
   if (healing) {
     return;
   }
@@ -1027,6 +1088,7 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
     add(w_cut_, [this, connection] { Cut(connection, "link dropped", std::nullopt, false); });
   }
   add(w_crash_primary_, [this] { CrashPrimary(); });
+  add(w_rot_, [this] { Rot(); });
   if (MayFailOver()) {
     add(w_failover_, [this] { Failover(); });
   }
@@ -1037,7 +1099,8 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
 bool World::Healed() const {
   const mirror::Replicator& r = *primary_->replicator;
   return Connected() && r.peer_disk() == DiskState::kUpToDate && !r.resync().running &&
-         !r.cleaning() && r.pending_count() == 0 && r.held_count() == 0 && outstanding_ == 0;
+         !r.cleaning() && r.pending_count() == 0 && r.held_count() == 0 && outstanding_ == 0 &&
+         !Rotten() && !verify_epoch_;
 }
 
 uint64_t World::RandomOffset() {
@@ -1135,7 +1198,7 @@ void World::OnClientDone(size_t id, const Status& st) {
   } else if (mode_ == mirror::Mode::kSync || op.fua) {
     op.guaranteed = true;
   }
-  if (block_ && op.guaranteed && op.kind != ClientOp::Kind::kFlush) {
+  if (block_ && op.guaranteed && op.kind != ClientOp::Kind::kFlush && !Rotten()) {
     // `block` never acknowledges a write without the peer: at the reply of a durable write (mode
     // sync or FUA) the standby's disk holds it durably. The range lock keeps any other write to
     // these bytes out until now. (A write in mode flush without FUA is only promised written
@@ -1175,6 +1238,7 @@ bool World::Step(bool healing) {
   if (primary_->replicator->held_count() > 0) {
     ++result_.steps_holding_writes;
   }
+  WatchVerify();
   ++step_;
   return true;
 }
@@ -1230,6 +1294,9 @@ World::Expected World::ComputeExpected(bool durable_only) const {
 }
 
 void World::CheckFailover() {
+  if (Rotten()) {
+    return;  // The standby's disk changed behind everyone's back; verify has yet to find it.
+  }
   if (!Connected() || primary_->replicator->peer_disk() != DiskState::kUpToDate) {
     return;
   }

@@ -45,6 +45,8 @@ struct ScheduleResult {
   uint64_t failover_checks = 0;  // Times a promotion of the standby was checked and held.
   uint64_t failovers = 0;        // Times the standby was promoted and the old primary rejoined.
   uint64_t steps_holding_writes = 0;  // Steps with writes held for the peer (`block`).
+  uint64_t rots = 0;                  // Bytes of the standby's disk changed behind its back.
+  uint64_t verify_repairs = 0;        // Verifies that found differing blocks.
   uint64_t sync_aheads = 0;      // Datasyncs the primary started ahead of an expected FLUSH.
   // The path the schedule took: a hash of its whole trace, and the trace's length.
   uint64_t trace_hash = 0;

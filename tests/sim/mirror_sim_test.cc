@@ -126,6 +126,8 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
     sweep.totals.failover_checks += result.failover_checks;
     sweep.totals.failovers += result.failovers;
     sweep.totals.steps_holding_writes += result.steps_holding_writes;
+    sweep.totals.rots += result.rots;
+    sweep.totals.verify_repairs += result.verify_repairs;
     sweep.totals.sync_aheads += result.sync_aheads;
     if (!result.ok) {
       sweep.first_failure = std::move(result);
@@ -140,8 +142,8 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
   std::printf(
       "%llu schedules in %.1f s: %llu client replies, %llu primary and %llu secondary crashes, "
       "%llu link cuts, %llu resyncs (%llu hole blocks), %llu bitmap regions cleaned, %llu "
-      "failover checks, %llu failovers, %llu steps holding writes for the peer, %llu datasyncs "
-      "ahead of a FLUSH\n",
+      "failover checks, %llu failovers, %llu steps holding writes for the peer, %llu bytes rotted "
+      "on the standby, %llu verifies that found differences, %llu datasyncs ahead of a FLUSH\n",
       static_cast<unsigned long long>(sweep.schedules), std::chrono::duration<double>(took).count(),
       static_cast<unsigned long long>(sweep.totals.acked_writes),
       static_cast<unsigned long long>(sweep.totals.primary_crashes),
@@ -153,13 +155,16 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       static_cast<unsigned long long>(sweep.totals.failover_checks),
       static_cast<unsigned long long>(sweep.totals.failovers),
       static_cast<unsigned long long>(sweep.totals.steps_holding_writes),
+      static_cast<unsigned long long>(sweep.totals.rots),
+      static_cast<unsigned long long>(sweep.totals.verify_repairs),
       static_cast<unsigned long long>(sweep.totals.sync_aheads));
 }
 
 // A sweep that passes proves something only if its schedules did what they claim: crashed both
 // hosts, cut the link, resynced, cleaned the bitmap, checked failovers, failed over, held writes
-// under `block`, synced ahead. A change that quietly stopped any of these (a weight gone to
-// zero, a heal that skips the resync) would otherwise leave the sweep green.
+// under `block`, repaired bit rot through verify, synced ahead. A change that quietly stopped any
+// of these (a weight gone to zero, a heal that skips the resync) would otherwise leave the sweep
+// green.
 void ExpectEveryFaultExercised(const Sweep& sweep) {
   if (sweep.schedules < 100) {
     return;  // A replayed seed, or a tiny SIM_SCHEDULES: no claim about the mix.
@@ -174,6 +179,8 @@ void ExpectEveryFaultExercised(const Sweep& sweep) {
   EXPECT_GT(sweep.totals.failover_checks, 0u);
   EXPECT_GT(sweep.totals.failovers, 0u);
   EXPECT_GT(sweep.totals.steps_holding_writes, 0u);
+  EXPECT_GT(sweep.totals.rots, 0u);
+  EXPECT_GT(sweep.totals.verify_repairs, 0u);
   EXPECT_GT(sweep.totals.sync_aheads, 0u);
 }
 

@@ -177,6 +177,12 @@ class SimStore final : public mirror::LocalStore {
            std::to_string(torn) + " torn)";
   }
 
+  // Bit rot: the byte at `at` changes on the medium (and so in what reads return).
+  void Rot(uint64_t at) {
+    durable_[at] ^= std::byte{0x5a};
+    data_[at] ^= std::byte{0x5a};
+  }
+
   // The end of a schedule: operations never completed are dropped with their callbacks (which
   // may hold buffers of an engine about to go).
   void DropPending() { pending_.clear(); }
