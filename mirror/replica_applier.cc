@@ -32,6 +32,7 @@ asio::awaitable<void> ReplicaApplier::WaitIdle() {
 void ReplicaApplier::Attach(std::shared_ptr<transport::FrameLink> link,
                             std::string primary_node_id) {
   link_ = std::move(link);
+  last_seq_.reset();
   primary_node_id_ = std::move(primary_node_id);
   link_->StartStreaming(this);
 }
@@ -40,6 +41,16 @@ void ReplicaApplier::Reject(const std::string& why) {
   spdlog::error("primary {} sent an invalid operation: {}; dropping the link", primary_node_id_,
                 why);
   link_->Close(Status::Error(EPROTO, why));
+}
+
+bool ReplicaApplier::InSequence(uint64_t seq) {
+  if (last_seq_ && seq != *last_seq_ + 1) {
+    Reject("operation seq " + std::to_string(seq) + " follows seq " + std::to_string(*last_seq_) +
+           ": a frame was lost, repeated or reordered on the way");
+    return false;
+  }
+  last_seq_ = seq;
+  return true;
 }
 
 void ReplicaApplier::OnFrame(transport::Frame frame) {
@@ -68,6 +79,9 @@ void ReplicaApplier::ApplyWrite(transport::Frame frame) {
   pb::Write write;
   if (!frame.Parse(write)) {
     Reject("Write does not parse");
+    return;
+  }
+  if (!InSequence(write.seq())) {
     return;
   }
   const uint64_t size = store_.size_bytes();
@@ -102,6 +116,9 @@ void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
   pb::Zero zero;
   if (!frame.Parse(zero)) {
     Reject("Zero does not parse");
+    return;
+  }
+  if (!InSequence(zero.seq())) {
     return;
   }
   const uint64_t size = store_.size_bytes();
@@ -142,6 +159,9 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
     }
     seq = message.seq();
     current_gen = message.current_gen();
+    if (!InSequence(seq)) {
+      return;
+    }
   } else {
     pb::Flush message;
     if (!frame.Parse(message)) {
@@ -149,6 +169,9 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
       return;
     }
     seq = message.seq();
+    if (!InSequence(seq)) {
+      return;
+    }
     // Mostly the primary's clients' FLUSHes; a resync batch's or a clean cycle's flush only
     // makes one guess of the pattern wrong.
     group_commit_.NoteFlush();
@@ -215,6 +238,9 @@ void ReplicaApplier::ApplyDigestRequest(const transport::Frame& frame) {
   pb::DigestRequest request;
   if (!frame.Parse(request)) {
     Reject("DigestRequest does not parse");
+    return;
+  }
+  if (!InSequence(request.seq())) {
     return;
   }
   const uint64_t size = store_.size_bytes();

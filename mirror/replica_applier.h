@@ -7,12 +7,16 @@
 //
 // DigestRequest (online verify): the range is read and its SHA-256 sent back in the Ack.
 //
-// Every received operation is validated first (range inside the volume, payload length equal to
-// the declared length); anything invalid drops the link and nothing of it is written.
+// Every received operation is validated first (its sequence number follows the previous one's on
+// this link, range inside the volume, payload length equal to the declared length); anything
+// invalid drops the link and nothing of it is written. The primary numbers the operations of a
+// link consecutively (Replicator::SendOrHold), so a frame lost, repeated or reordered on the way
+// (by a proxy, say: TCP itself does none of these) is caught at the next frame.
 //
 // Loop thread only. Store and metadata are borrowed and must outlive the applier.
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "base/asio.h"
@@ -81,6 +85,8 @@ class ReplicaApplier final : public transport::FrameHandler {
   void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status,
                const std::string& digest = {});
   void Reject(const std::string& why);
+  // False (and the link dropped) unless `seq` follows the previous operation's on this link.
+  bool InSequence(uint64_t seq);
 
   asio::io_context& io_;
   LocalStore& store_;
@@ -90,6 +96,7 @@ class ReplicaApplier final : public transport::FrameHandler {
   static constexpr int kMaxDigestReads = 8;
   int digest_reads_in_flight_ = 0;
   std::shared_ptr<transport::FrameLink> link_;
+  std::optional<uint64_t> last_seq_;  // Of the last operation received on link_.
   std::string primary_node_id_;
   ApplierStats stats_;
   base::RecentLatency recent_apply_;

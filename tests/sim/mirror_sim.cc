@@ -41,7 +41,10 @@
 // back and forth within a schedule; bit rot: a byte of the standby's disk changes behind every
 // component's back, and the operator runs `nbdmirror verify` (the shipped Verifier, the
 // applier's DigestRequest), which must find it so that the resync after it repairs it before
-// the schedule ends (a verify also runs now and then with nothing to find).
+// the schedule ends (a verify also runs now and then with nothing to find); a faulty proxy: an
+// operation or an Ack duplicated, or overtaking the frame before it (the applier must drop the
+// link at an operation out of sequence, the replicator at an Ack it does not expect; Acks in
+// another order are fine).
 // Per seed: mode sync or flush; --on-peer-loss degrade or block (under block, every write
 // acknowledged as durable must be durable on the standby at its reply, checked there); a pair
 // in sync or a new pair needing a full resync; how often each fault strikes; whether a busy
@@ -393,6 +396,11 @@ class World {
            std::optional<Side> closer, bool crashed);
   // A frame leaves `from`'s end.
   void Sent(Side from, const WireFrame& frame);
+  // Puts a frame on its way: now and then (per seed) an operation or an Ack is duplicated, or
+  // overtakes the frame before it, as a faulty proxy between the hosts might do. (TCP itself
+  // never does; nor is a frame dropped without the connection ending, which only a timeout
+  // could notice.)
+  void Carry(WireFrame frame, std::deque<WireFrame>& queue);
 
  private:
   using Action = std::function<void()>;
@@ -490,6 +498,7 @@ class World {
   int w_failover_ = 0;
   bool block_ = false;  // --on-peer-loss block rather than degrade.
   int w_rot_ = 0;
+  int w_mangle_ = 0;  // Per mille of numbered frames duplicated or reordered.
   // Rots so far; the rots a completed verify has found (their marks then resync them); the
   // rots before the running verify started, while one is watched.
   uint64_t rot_epoch_ = 0;
@@ -527,8 +536,8 @@ void SimEnd::Push(FrameType type, const google::protobuf::MessageLite& message,
   }
   WireFrame frame{type, message.SerializeAsString(), {payload.begin(), payload.end()}};
   world_.Sent(side_, frame);
-  connection_->toward(side_ == Side::kPrimary ? Side::kSecondary : Side::kPrimary)
-      .push_back(std::move(frame));
+  world_.Carry(std::move(frame),
+               connection_->toward(side_ == Side::kPrimary ? Side::kSecondary : Side::kPrimary));
 }
 
 void SimEnd::Receive(WireFrame wire) {
@@ -605,6 +614,37 @@ void World::Sent(Side from, const WireFrame& frame) {
     if (zero.ParseFromString(frame.message) && zero.may_punch_hole() && !zero.discard()) {
       ++result_.resync_holes;
     }
+  }
+}
+
+bool Numbered(FrameType type) {
+  switch (type) {
+    case FrameType::kWrite:
+    case FrameType::kZero:
+    case FrameType::kFlush:
+    case FrameType::kResyncDone:
+    case FrameType::kDigestRequest:
+    case FrameType::kAck:
+      return true;
+    default:
+      return false;  // The handshake's: one at a time, each awaited.
+  }
+}
+
+void World::Carry(WireFrame frame, std::deque<WireFrame>& queue) {
+  if (w_mangle_ == 0 || !Numbered(frame.type) ||
+      rng_() % 1000 >= static_cast<uint64_t>(w_mangle_)) {
+    queue.push_back(std::move(frame));
+    return;
+  }
+  ++result_.mangled_frames;
+  if (rng_() % 2 == 0 || queue.empty()) {
+    Trace(std::string(transport::FrameTypeName(frame.type)) + " duplicated on the way");
+    queue.push_back(frame);
+    queue.push_back(std::move(frame));
+  } else {
+    Trace(std::string(transport::FrameTypeName(frame.type)) + " overtakes the frame before it");
+    queue.insert(queue.end() - 1, std::move(frame));
   }
 }
 
@@ -781,6 +821,8 @@ void World::Setup() {
   block_ = rng_() % 4 == 0;
   static constexpr int kRot[] = {0, 0, 3};
   w_rot_ = kRot[rng_() % 3];
+  static constexpr int kMangle[] = {0, 0, 5, 20};
+  w_mangle_ = kMangle[rng_() % 4];
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.

@@ -1,0 +1,163 @@
+// The standby's applier refuses an operation that does not follow the previous one on its link:
+// a frame lost, repeated or reordered between the hosts is caught at the next frame, the link
+// dropped, and nothing of the offending frame written.
+
+#include "mirror/replica_applier.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/buffer_pool.h"
+#include "mirror/metadata.h"
+#include "mirror/write_intent_log.h"
+#include "tests/unit/support/fake_store.h"
+#include "tests/unit/support/loop.h"
+#include "transport/peer.pb.h"
+
+namespace mirror {
+namespace {
+
+using testing_support::Drain;
+using testing_support::FakeStore;
+namespace pb = nbdmirror::peer;
+
+constexpr uint64_t kVolume = 64 * 1024;
+constexpr uint64_t kRegion = 4096;
+
+class MemorySuperblock final : public Superblock {
+ public:
+  const VolumeMetadata& get() const override { return md_; }
+  base::Status Update(const std::function<void(VolumeMetadata&)>& change) override {
+    change(md_);
+    return base::Status::Ok();
+  }
+
+ private:
+  VolumeMetadata md_;
+};
+
+// Records what the applier sends and whether it dropped the link.
+class FakeLink final : public transport::FrameLink {
+ public:
+  void StartStreaming(transport::FrameHandler* handler) override { handler_ = handler; }
+  void Send(transport::FrameType type, const google::protobuf::MessageLite& message,
+            std::span<const std::byte>) override {
+    if (type == transport::FrameType::kAck) {
+      pb::Ack ack;
+      ASSERT_TRUE(ack.ParseFromString(message.SerializeAsString()));
+      acked.push_back(ack.seq());
+    }
+  }
+  void Close(base::Status why) override {
+    closed_ = true;
+    close_reason = why.ToString();
+  }
+  bool closed() const override { return closed_; }
+
+  std::vector<uint64_t> acked;
+  std::string close_reason;
+
+ private:
+  transport::FrameHandler* handler_ = nullptr;
+  bool closed_ = false;
+};
+
+class ReplicaApplierTest : public ::testing::Test {
+ protected:
+  ReplicaApplierTest()
+      : data_(io_, kVolume),
+        meta_(io_, kBitmapOffsetBytes + kBitmapPageBytes),
+        log_(io_, &meta_, kVolume, kRegion, std::vector<uint8_t>(kBitmapAreaBytes, 0)),
+        applier_(io_, data_, superblock_, log_) {}
+
+  std::shared_ptr<FakeLink> Attach() {
+    auto link = std::make_shared<FakeLink>();
+    applier_.Attach(link, "a");
+    return link;
+  }
+
+  // A non-durable Write of `length` bytes of `fill` at `offset`, numbered `seq`.
+  transport::Frame Write(uint64_t seq, uint64_t offset, uint64_t length, std::byte fill) {
+    pb::Write write;
+    write.set_seq(seq);
+    write.set_offset_bytes(offset);
+    write.set_length_bytes(static_cast<uint32_t>(length));
+    const std::string message = write.SerializeAsString();
+    transport::Frame frame;
+    frame.type = transport::FrameType::kWrite;
+    for (char c : message) {
+      frame.message.push_back(static_cast<std::byte>(c));
+    }
+    auto buffer = pool_.TryAcquire(length);
+    EXPECT_TRUE(buffer.has_value());
+    std::fill_n(buffer->data(), length, fill);
+    frame.payload = std::move(*buffer);
+    return frame;
+  }
+
+  void CompleteAll() {
+    Drain(io_);
+    data_.CompleteAll();
+    Drain(io_);
+  }
+
+  asio::io_context io_;
+  base::BufferPool pool_{1 << 20};
+  FakeStore data_;
+  FakeStore meta_;
+  MemorySuperblock superblock_;
+  WriteIntentLog log_;
+  ReplicaApplier applier_;
+};
+
+TEST_F(ReplicaApplierTest, ConsecutiveOperationsAreApplied) {
+  auto link = Attach();
+  applier_.OnFrame(Write(7, 0, 4096, std::byte{1}));
+  applier_.OnFrame(Write(8, 4096, 4096, std::byte{2}));
+  CompleteAll();
+  EXPECT_FALSE(link->closed());
+  EXPECT_EQ(link->acked, (std::vector<uint64_t>{7, 8}));
+  EXPECT_EQ(data_.data()[4096], std::byte{2});
+}
+
+TEST_F(ReplicaApplierTest, RepeatedOperationDropsTheLinkAndWritesNothing) {
+  auto link = Attach();
+  applier_.OnFrame(Write(7, 0, 4096, std::byte{1}));
+  CompleteAll();
+  applier_.OnFrame(Write(7, 8192, 4096, std::byte{3}));
+  EXPECT_TRUE(link->closed());
+  EXPECT_NE(link->close_reason.find("seq 7 follows seq 7"), std::string::npos)
+      << link->close_reason;
+  EXPECT_EQ(data_.pending_count(), 0u);
+  CompleteAll();
+  EXPECT_EQ(data_.data()[8192], std::byte{0});
+  EXPECT_EQ(link->acked, (std::vector<uint64_t>{7}));
+}
+
+TEST_F(ReplicaApplierTest, MissingOperationDropsTheLinkAtTheNextOne) {
+  auto link = Attach();
+  applier_.OnFrame(Write(1, 0, 4096, std::byte{1}));
+  applier_.OnFrame(Write(3, 8192, 4096, std::byte{3}));
+  EXPECT_TRUE(link->closed());
+  CompleteAll();
+  EXPECT_EQ(data_.data()[8192], std::byte{0});
+}
+
+TEST_F(ReplicaApplierTest, EachLinkStartsItsOwnSequence) {
+  auto first = Attach();
+  applier_.OnFrame(Write(5, 0, 4096, std::byte{1}));
+  CompleteAll();
+  applier_.OnClosed(base::Status::Error(ECONNRESET, "cut"));
+  // The primary's numbers go on across links (held operations are sent again with new ones).
+  auto second = Attach();
+  applier_.OnFrame(Write(42, 4096, 4096, std::byte{2}));
+  CompleteAll();
+  EXPECT_FALSE(second->closed());
+  EXPECT_EQ(second->acked, (std::vector<uint64_t>{42}));
+}
+
+}  // namespace
+}  // namespace mirror
