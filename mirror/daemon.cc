@@ -555,6 +555,7 @@ Status StartPrimary(Node& node, bool peer_known_good) {
     r.resync_rate_bytes_per_s = o.resync_rate_bytes_per_s;
     r.clean_interval = o.bitmap_clean_interval;
     r.keep_marked_bytes = o.bitmap_keep_marked_bytes;
+    r.ack_timeout = o.peer_ack_timeout;
     node.replicator = std::make_unique<Replicator>(node.io, r, *node.metadata, *node.intent_log,
                                                    *node.pool, peer_known_good);
   }

@@ -46,6 +46,7 @@ struct DaemonOptions {
   std::string mode;          // "sync" or "flush"; empty: sync with a peer, flush without.
   std::string on_peer_loss = "degrade";
   std::chrono::milliseconds peer_timeout{5000};
+  std::chrono::milliseconds peer_ack_timeout{30000};  // 0: never.
   bool skip_initial_sync = false;
 
   // Dirty tracking and resync.

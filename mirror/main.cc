@@ -38,6 +38,7 @@ struct RawFlags {
   uint64_t buffer_mib = 64;
   bool no_direct_io = false;
   uint64_t peer_timeout_ms = 5000;
+  uint64_t peer_ack_timeout_ms = 30000;
   std::string resync_rate = "0";
   uint64_t bitmap_region_kib = 0;
   bool no_write_intent_bitmap = false;
@@ -147,6 +148,10 @@ base::Status Resolve(const RawFlags& raw, mirror::DaemonOptions& options) {
   options.direct_io = !raw.no_direct_io;
   options.buffer_budget_bytes = raw.buffer_mib << 20;
   options.peer_timeout = std::chrono::milliseconds(raw.peer_timeout_ms);
+  if (raw.peer_ack_timeout_ms != 0 && raw.peer_ack_timeout_ms < 1000) {
+    return base::Status::Error(EINVAL, "--peer-ack-timeout-ms takes 0 (never) or at least 1000");
+  }
+  options.peer_ack_timeout = std::chrono::milliseconds(raw.peer_ack_timeout_ms);
   auto rate = ParseBytes("--resync-rate", raw.resync_rate);
   if (!rate.ok()) {
     return rate.status();
@@ -309,6 +314,12 @@ int main(int argc, char** argv) {
                   "quarter of it)")
       ->capture_default_str()
       ->check(CLI::Range(100, 600000));
+  run->add_option("--peer-ack-timeout-ms", raw.peer_ack_timeout_ms,
+                  "primary: declare the peer lost when, with operations waiting for it, it "
+                  "acknowledges nothing for this long though its heartbeats still come (a hung "
+                  "disk); 0: never")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{3600000}));
   run->add_option("--secret-file", options.secret_file,
                   "shared secret both peers prove with HMAC-SHA256 (file mode 0600)");
   run->add_option("--tls-cert", options.tls_cert_file, "TLS for the peer link: this node's cert");

@@ -55,6 +55,9 @@ void Replicator::Start() {
   connection_ = ConnectionState::kConnecting;
   asio::co_spawn(io_, DialLoop(), asio::detached);
   asio::co_spawn(io_, CleanLoop(), asio::detached);
+  if (options_.ack_timeout.count() > 0) {
+    asio::co_spawn(io_, AckWatch(), asio::detached);
+  }
 }
 
 void Replicator::BeginShutdown() {
@@ -622,6 +625,7 @@ void Replicator::OnFrame(transport::Frame frame) {
     link_->Close(Status::Error(EPROTO, "Ack does not parse"));
     return;
   }
+  ++acks_received_;
   auto it = pending_.find(ack.seq());
   if (it == pending_.end()) {
     link_->Close(Status::Error(EPROTO, "Ack for unknown seq " + std::to_string(ack.seq())));
@@ -671,6 +675,37 @@ void Replicator::OnClosed(const Status& why) {
 }  // namespace mirror
 
 namespace mirror {
+
+asio::awaitable<void> Replicator::AckWatch() {
+  // A standby whose process lives but whose disk hangs keeps the link up with heartbeats while
+  // every mirrored write waits for it. A look is stalled when operations were pending at the
+  // previous look and still are, on the same link, and no Ack came in between; two stalled
+  // looks in a row (a whole ack_timeout) and the peer is lost, like a silent one.
+  int stalled_looks = 0;
+  bool pending_seen = false;
+  uint64_t acks_seen = acks_received_;
+  uint64_t epoch_seen = link_epoch_;
+  while (!stopping_) {
+    co_await Sleep(options_.ack_timeout / 2);
+    if (stopping_) {
+      break;
+    }
+    const bool pending = Streaming() && !pending_.empty();
+    const bool stalled =
+        pending && pending_seen && acks_received_ == acks_seen && link_epoch_ == epoch_seen;
+    stalled_looks = stalled ? stalled_looks + 1 : 0;
+    pending_seen = pending;
+    acks_seen = acks_received_;
+    epoch_seen = link_epoch_;
+    if (stalled_looks >= 2) {
+      stalled_looks = 0;
+      link_->Close(Status::Error(ETIMEDOUT, "the peer acknowledged nothing for " +
+                                                std::to_string(options_.ack_timeout.count()) +
+                                                " ms with " + std::to_string(pending_.size()) +
+                                                " operation(s) waiting"));
+    }
+  }
+}
 
 asio::awaitable<void> Replicator::CleanLoop() {
   while (!stopping_) {

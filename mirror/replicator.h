@@ -15,7 +15,9 @@
 // Connection states (status "connection"): kConnecting while dialing or between attempts,
 // kConnected once the handshake is done and writes are mirrored.
 //
-// Peer loss (link error, bad frame, heartbeat timeout, a failed write on the standby):
+// Peer loss (link error, bad frame, heartbeat timeout, a failed write on the standby, or a
+// standby that keeps sending heartbeats but acknowledges nothing for `ack_timeout` while
+// operations wait for it, as one whose disk hangs):
 //   - the peer's copy is recorded as Outdated in the metadata file, durably, before any write
 //     is acknowledged without it;
 //   - `degrade` (default): writes in flight to the peer and all later writes complete with
@@ -85,6 +87,9 @@ struct ReplicatorOptions {
   std::chrono::milliseconds retry_interval{1000};
   uint64_t resync_rate_bytes_per_s = 0;  // 0: unlimited.
   std::chrono::milliseconds clean_interval{5000};
+  // Operations pending and no Ack at all for this long: the peer is lost (0: never). Looked at
+  // every half of it, so it strikes after one to one and a half times it.
+  std::chrono::milliseconds ack_timeout{30000};
   // While the volume is busy, clean only once more than this is marked (see above).
   uint64_t keep_marked_bytes = 4ull << 30;
   // With the peer in sync, marks cover aligned chunks of this size (see Start).
@@ -183,6 +188,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   asio::awaitable<base::Status> Plan(const nbdmirror::peer::Hello& peer_hello,
                                      transport::MessageLink& link, nbdmirror::peer::SyncPlan& plan);
   asio::awaitable<void> CleanLoop();
+  asio::awaitable<void> AckWatch();
   asio::awaitable<void> CleanOnce(uint64_t cycle);
   uint64_t NextSeq() { return next_seq_++; }
   bool Streaming() const { return link_ != nullptr && connection_ == ConnectionState::kConnected; }
@@ -217,6 +223,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   std::shared_ptr<Verifier> verifier_;
   ResyncProgress resync_progress_;
   uint64_t link_epoch_ = 0;  // Counts connections, so a clean cycle spans one link.
+  uint64_t acks_received_ = 0;
   bool cleaning_ = false;
   std::string sync_refusal_;
   std::string last_sync_kind_;

@@ -31,6 +31,12 @@
 #   proxy (sync), --peer-timeout-ms 10000: the proxy withholds standby->primary bytes; a WRITE
 #     reaches the standby's file but gets no reply for 2 s; once the proxy releases the bytes,
 #     the reply comes within 5 s.
+#   ack-timeout (sync), --peer-timeout-ms 1000, primary --peer-ack-timeout-ms 2000 (500 is
+#     refused at start, exit 2, nothing created): the proxy
+#     withholds only the standby's Acks; its heartbeats still come, as from a standby whose disk
+#     hangs. A WRITE gets no reply for 1.9 s, then an OK reply (at least 2 s after it was sent)
+#     once the primary has declared the peer lost for acknowledging nothing (logged; degraded);
+#     once the proxy lets Acks through again the standby is resynced and holds the write.
 # Every case ends with clean stops (primary, then standby, both exit 0) and byte-identical
 # backing files, and checks the written data is in both.
 
@@ -305,29 +311,43 @@ case_block_stop() {
 }
 
 # ---- proxy: the standby has the write, but its acknowledgement is held back -----------------
+# start_proxy OUT [--acks-only]: a withhold_proxy.py whose output goes to OUT. It dials the
+# standby's port, so the ports are chosen here: PROXY_PORT (where the primary dials),
+# PROXIED_STANDBY_PORT, PROXIED_PRIMARY_PORT, for start_pair. Sets PROXY (its pid).
+start_proxy() {
+  local out=$1 ports
+  shift
+  ports=$(nm_free_ports 3)
+  read -r PROXY_PORT PROXIED_STANDBY_PORT PROXIED_PRIMARY_PORT <<<"$ports"
+  "$NM_PYTHON" "$here/withhold_proxy.py" "$PROXY_PORT" "$PROXIED_STANDBY_PORT" "$@" >"$out" 2>&1 &
+  PROXY=$!
+  nm_track_pid "$PROXY"
+  nm_wait_for 20 "the proxy to listen" grep -q '^listening' "$out"
+}
+
+# withhold_and_write PROXY OUT OFFSET DATA: the proxy starts withholding, the probe sends request
+# 1 (WRITE DATA at OFFSET), and it reaches the standby's file. Sets SENT_AT (ms).
+withhold_and_write() {
+  kill -USR1 "$1"
+  nm_wait_for 5 "the proxy to withhold" grep -q '^withholding' "$2"
+  probe_send write "$3" "$4"
+  nm_wait_for 5 "the probe to send the write" grep -q '^sent 1' "$PROBE_OUT"
+  SENT_AT=$(nm_now_ms)
+  nm_wait_for 5 "the write to reach the standby's file" has_data "$B" "$3" "$4"
+}
+
 case_proxy() {
   local name=proxy ms
-  local ports proxy_port standby_port primary_port
-  ports=$(nm_free_ports 3)
-  read -r proxy_port standby_port primary_port <<<"$ports"
-  # The proxy dials the standby's port: choose it here and hand it to start_pair.
-  "$NM_PYTHON" "$here/withhold_proxy.py" "$proxy_port" "$standby_port" >"$NM_TMP/proxy.out" 2>&1 &
-  local proxy=$!
-  nm_track_pid "$proxy"
-  nm_wait_for 20 "the proxy to listen" grep -q '^listening' "$NM_TMP/proxy.out"
-  PEER_PORT=$proxy_port STANDBY_PORT=$standby_port PRIMARY_PORT=$primary_port \
+  start_proxy "$NM_TMP/proxy.out"
+  local proxy=$PROXY
+  PEER_PORT=$PROXY_PORT STANDBY_PORT=$PROXIED_STANDBY_PORT PRIMARY_PORT=$PROXIED_PRIMARY_PORT \
     start_pair "$name" sync --peer-timeout-ms 10000
   start_probe
   make_data "$NM_TMP/$name.data" 65536
   local offset=$((4 << 20))
 
-  kill -USR1 "$proxy"
-  nm_wait_for 5 "the proxy to withhold" grep -q '^withholding' "$NM_TMP/proxy.out"
-  probe_send write "$offset" "$NM_TMP/$name.data"
-  nm_wait_for 5 "the probe to send the write" grep -q '^sent 1' "$PROBE_OUT"
-  local sent_at
-  sent_at=$(nm_now_ms)
-  nm_wait_for 5 "the write to reach the standby's file" has_data "$B" "$offset" "$NM_TMP/$name.data"
+  withhold_and_write "$proxy" "$NM_TMP/proxy.out" "$offset" "$NM_TMP/$name.data"
+  local sent_at=$SENT_AT
   has_reply 1 && nm_fail "${name}: the write was answered while its acknowledgement was withheld"
   expect_no_reply 1 $((2000 - ($(nm_now_ms) - sent_at))) "$name write"
   nm_status_is "$A" connection connected || nm_fail "${name}: the primary dropped the link"
@@ -341,12 +361,56 @@ case_proxy() {
   nm_log "${name}: files identical"
 }
 
+# ---- ack-timeout: heartbeats come, acknowledgements do not (a standby whose disk hangs) ------
+case_ack_timeout() {
+  local name=ack-timeout ms rc=0
+  # Looked at every half of it: a few hundred ms would drop a healthy standby in a busy moment.
+  nm_make_volume "$NM_TMP/refused.img" 1M
+  "$NM_BIN" run --volume "$NM_TMP/refused.img" --primary --nbd "unix:$NM_TMP/refused.sock" \
+    --peer "b=127.0.0.1:1" --peer-ack-timeout-ms 500 >"$NM_TMP/refused.log" 2>&1 || rc=$?
+  ((rc == 2)) || nm_fail "--peer-ack-timeout-ms 500: exit status $rc, expected 2"
+  grep -q "0 (never) or at least 1000" "$NM_TMP/refused.log" ||
+    nm_fail "--peer-ack-timeout-ms 500: no clear refusal: $(cat "$NM_TMP/refused.log")"
+  [[ ! -e $NM_TMP/refused.img.nbdmirror-meta ]] || nm_fail "the refused start created metadata"
+  start_proxy "$NM_TMP/ack-proxy.out" --acks-only
+  local proxy=$PROXY
+  PEER_PORT=$PROXY_PORT STANDBY_PORT=$PROXIED_STANDBY_PORT PRIMARY_PORT=$PROXIED_PRIMARY_PORT \
+    PRIMARY_ARGS="--peer-ack-timeout-ms 2000" start_pair "$name" sync --peer-timeout-ms 1000
+  start_probe
+  make_data "$NM_TMP/$name.data" 65536
+  local offset=$((6 << 20))
+
+  withhold_and_write "$proxy" "$NM_TMP/ack-proxy.out" "$offset" "$NM_TMP/$name.data"
+  local sent_at=$SENT_AT
+  expect_no_reply 1 $((1900 - ($(nm_now_ms) - sent_at))) "$name write"
+  ms=$(expect_reply 1 10 "$name write")
+  ((ms >= 2000)) || nm_fail "${name}: the write was answered ${ms} ms after it was sent"
+  grep -q "acknowledged nothing for 2000 ms" "$PRIMARY_LOG" ||
+    nm_fail "${name}: the primary did not log why it dropped the standby"
+  nm_status_ge "$A" degraded_writes 1 || nm_fail "${name}: degraded_writes is not >= 1"
+  nm_log "${name}: heartbeats kept coming, Acks did not: WRITE answered ${ms} ms after it was sent, once the standby was declared lost (degraded)"
+
+  kill -USR2 "$proxy"
+  nm_wait_for 5 "the proxy to release" grep -q '^released' "$NM_TMP/ack-proxy.out"
+  nm_wait_status 30 "$A" connection connected
+  nm_wait_status 30 "$A" peer_disk UpToDate
+  nm_wait_status 10 "$B" disk UpToDate
+  has_data "$B" "$offset" "$NM_TMP/$name.data" ||
+    nm_fail "${name}: after the resync the standby lacks the write"
+  nm_log "${name}: Acks through again, standby resynced"
+  stop_probe
+  stop_pair_and_compare "$name"
+  nm_stop "$proxy" 10 || true
+  nm_log "${name}: files identical"
+}
+
 # MIRROR_ACK_CASES picks cases when debugging (default: all, in this order).
-for c in ${MIRROR_ACK_CASES:-a-sync a-flush b-sync b-flush proxy block block-stop}; do
+for c in ${MIRROR_ACK_CASES:-a-sync a-flush b-sync b-flush proxy ack-timeout block block-stop}; do
   case $c in
     a-*) case_a "${c#a-}" ;;
     b-*) case_b "${c#b-}" ;;
     proxy) case_proxy ;;
+    ack-timeout) case_ack_timeout ;;
     block) case_block ;;
     block-stop) case_block_stop ;;
     *) nm_fail "unknown case ${c}" ;;

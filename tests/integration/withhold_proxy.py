@@ -2,19 +2,26 @@
 """withhold_proxy: a TCP proxy between the primary and the standby that can hold back what the
 standby sends. Used by mirror_ack_rule_test.sh.
 
-    withhold_proxy.py LISTEN_PORT TARGET_PORT
+    withhold_proxy.py LISTEN_PORT TARGET_PORT [--acks-only]
 
 Listens on 127.0.0.1:LISTEN_PORT, and for each connection dials 127.0.0.1:TARGET_PORT and
 copies bytes both ways. SIGUSR1: from now on, bytes from the standby (target -> client) are
 read and kept, not forwarded. SIGUSR2: forward what was kept, in order, and go on forwarding.
-Primary -> standby always flows. Prints "listening" once ready, then "withholding" /
-"released N bytes" on each signal, flushed. Loopback only; exits on SIGTERM.
+With --acks-only, only the standby's Ack frames are kept; its other frames (heartbeats above
+all) go on flowing, as from a standby whose disk hangs. Primary -> standby always flows. Prints
+"listening" once ready, then "withholding" / "released N bytes" on each signal, flushed.
+Loopback only; exits on SIGTERM.
 """
 
 import signal
 import socket
+import struct
 import sys
 import threading
+
+HEADER = struct.Struct(">IHHIII")  # magic, type, reserved, message_bytes, payload_bytes, crc
+ACK = 13
+acks_only = "--acks-only" in sys.argv[3:]
 
 withhold = threading.Event()
 lock = threading.RLock()  # Re-entrant: the signal handlers run on the main thread.
@@ -43,9 +50,23 @@ def pump_up(client, target):
             pass
 
 
+def split_frames(pending):
+    """Whole frames at the front of `pending` (removed from it), as (type, bytes) pairs."""
+    frames = []
+    while len(pending) >= HEADER.size:
+        _, ftype, _, mlen, plen, _ = HEADER.unpack(bytes(pending[:HEADER.size]))
+        end = HEADER.size + mlen + plen
+        if len(pending) < end:
+            break
+        frames.append((ftype, bytes(pending[:end])))
+        del pending[:end]
+    return frames
+
+
 def pump_down(link, target):
     """Standby -> primary: forwarded unless withheld."""
     client, kept = link
+    partial = bytearray()  # --acks-only: the start of a frame not yet whole.
     target.settimeout(0.05)
     try:
         while True:
@@ -56,6 +77,17 @@ def pump_down(link, target):
             if data == b"":
                 break
             with lock:
+                if acks_only:
+                    partial.extend(data or b"")
+                    for ftype, raw in split_frames(partial):
+                        if ftype == ACK and (withhold.is_set() or kept):
+                            kept.extend(raw)
+                        else:
+                            client.sendall(raw)
+                    if kept and not withhold.is_set():
+                        client.sendall(bytes(kept))
+                        kept.clear()
+                    continue
                 if data:
                     kept.extend(data)
                 if kept and not withhold.is_set():

@@ -24,8 +24,9 @@
 //     A close (by an end, a network cut or a crash) ends the connection: a random prefix of
 //     what was in flight toward each surviving end still arrives (it was in a socket buffer),
 //     the rest is lost, and then that end sees the close.
-//   - Time: the Replicator's timers (the retry interval between dials, the clean interval) are
-//     Sleeps that end when the schedule says the interval has passed. GroupCommit's sync-ahead
+//   - Time: the Replicator's timers (the retry interval between dials, the clean interval, the
+//     ack watch's look every half --peer-ack-timeout-ms) are Sleeps that end when the schedule
+//     says the interval has passed. GroupCommit's sync-ahead
 //     window reads a virtual clock, kStepTime per step, on both hosts.
 //   - The engine's log lines go into the schedule's trace (generations renamed g1, g2, ...).
 //
@@ -116,6 +117,7 @@ constexpr int kMaxHealSteps = 200000;
 // The two intervals the Replicator sleeps for; the schedule tells them apart by length.
 constexpr std::chrono::milliseconds kRetryInterval{1000};
 constexpr std::chrono::milliseconds kCleanInterval{5000};
+constexpr std::chrono::milliseconds kAckTimeout{4000};  // Its watch sleeps half of it.
 constexpr const char* kVolumeUuid = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
 using Meta = mirror::VolumeMetadata;
@@ -499,6 +501,7 @@ class World {
   bool block_ = false;  // --on-peer-loss block rather than degrade.
   int w_rot_ = 0;
   int w_mangle_ = 0;  // Per mille of numbered frames duplicated or reordered.
+  int w_ack_watch_ = 0;
   // Rots so far; the rots a completed verify has found (their marks then resync them); the
   // rots before the running verify started, while one is watched.
   uint64_t rot_epoch_ = 0;
@@ -604,6 +607,10 @@ void World::TraceLog(const std::string& line) {
   Trace("  | " + NameGenerations(line));
   if (line.starts_with("resync to ") && line.find("bytes marked") != std::string::npos) {
     ++result_.resyncs;
+  }
+  if (line.find("lost: ") != std::string::npos &&
+      line.find("acknowledged nothing") != std::string::npos) {
+    ++result_.ack_timeouts;
   }
 }
 
@@ -786,7 +793,9 @@ bool World::Sleeping(std::chrono::milliseconds duration) const {
 void World::Wake(std::chrono::milliseconds duration) {
   for (Sleeper* sleeper : sleepers_) {
     if (sleeper->duration == duration && !sleeper->woken) {
-      Trace(duration == kRetryInterval ? "the retry interval passes" : "the clean interval passes");
+      Trace(duration == kRetryInterval   ? "the retry interval passes"
+            : duration == kCleanInterval ? "the clean interval passes"
+                                         : "half the ack timeout passes");
       sleeper->woken = true;
       sleeper->event->Notify();
       return;
@@ -823,6 +832,8 @@ void World::Setup() {
   w_rot_ = kRot[rng_() % 3];
   static constexpr int kMangle[] = {0, 0, 5, 20};
   w_mangle_ = kMangle[rng_() % 4];
+  static constexpr int kAckWatch[] = {0, 5, 30};
+  w_ack_watch_ = kAckWatch[rng_() % 3];
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
@@ -929,6 +940,7 @@ void World::StartPrimary() {
   options.peer_node_id = S().name;
   options.retry_interval = kRetryInterval;
   options.clean_interval = kCleanInterval;
+  options.ack_timeout = kAckTimeout;
   options.keep_marked_bytes = keep_marked_bytes_;
   options.on_peer_loss = block_ ? mirror::PeerLossPolicy::kBlock : mirror::PeerLossPolicy::kDegrade;
   // Verify compares 16 KiB blocks here (1 MiB in the daemon: the whole of this volume).
@@ -1115,6 +1127,9 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
   }
   if (Sleeping(kCleanInterval)) {
     add(w_clean_, [this] { Wake(kCleanInterval); });
+  }
+  if (Sleeping(kAckTimeout / 2)) {
+    add(w_ack_watch_, [this] { Wake(kAckTimeout / 2); });
   }
   if (options_.variant == Variant::kCleanWithoutFlush && Connected() &&
       primary_->replicator->peer_disk() == DiskState::kUpToDate &&
