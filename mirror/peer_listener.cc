@@ -156,6 +156,13 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
     co_return co_await refuse(EBUSY, "already mirroring from primary '" +
                                          applier_->primary_node_id() + "'");
   }
+  if (applier_->disk_failed()) {
+    // A failed datasync is never retried into a success: whatever it covered may be lost, so
+    // this copy takes nothing more until the disk is looked at and the daemon restarted.
+    co_return co_await refuse(EIO,
+                              "this copy's disk failed a datasync; restart the standby's "
+                              "daemon once the disk is repaired");
+  }
   // Our own view of the generations: the primary decides too, but a secondary never lets itself
   // be overwritten when it holds writes the primary lacks.
   Generations primary_gens;

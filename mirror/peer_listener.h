@@ -9,6 +9,8 @@
 // ReplicaApplier. On a primary it authenticates and then refuses: a node that dials a
 // primary believes it is primary itself, and two primaries would split the volume.
 //
+// A standby whose disk failed a datasync refuses every primary until its daemon restarts.
+//
 // Every refusal is logged with its reason and sent to the caller in a Refuse frame; nothing is
 // written to the volume before the handshake is complete.
 

@@ -55,11 +55,12 @@
 //
 // What is not simulated: promoting a standby the primary did not report UpToDate (its copy may
 // lack writes the primary acknowledged without it; the generations then refuse the rejoin as
-// split brain, which a schedule that must heal cannot get past), a failing datasync
-// (GroupCommit then fails the disk for good, and a schedule that must heal cannot), a failing
-// metadata disk, authentication, TLS, the frame header and its checksum (covered by unit and
-// fuzz tests; a bad frame is a close here), heartbeats (a silent peer is a cut here), and the
-// resync rate limit (unlimited here).
+// split brain, which a schedule that must heal cannot get past), a failing datasync on the
+// primary (GroupCommit then fails its disk for good, and a schedule that must heal cannot; on
+// the standby it is simulated: the standby refuses every primary until the operator restarts
+// it, a schedule action), a failing metadata disk, authentication, TLS, the frame header and its
+// checksum (covered by unit and fuzz tests; a bad frame is a close here), heartbeats (a silent peer
+// is a cut here), and the resync rate limit (unlimited here).
 //
 // After the random actions the schedule heals: no more faults and no more clean cycles; the
 // retry interval passes whenever the replicator waits for it, until the pair is connected, the
@@ -502,6 +503,7 @@ class World {
   int w_rot_ = 0;
   int w_mangle_ = 0;  // Per mille of numbered frames duplicated or reordered.
   int w_ack_watch_ = 0;
+  int standby_datasync_eio_ = 0;  // Per mille of the standby's datasyncs that fail.
   // Rots so far; the rots a completed verify has found (their marks then resync them); the
   // rots before the running verify started, while one is watched.
   uint64_t rot_epoch_ = 0;
@@ -834,6 +836,9 @@ void World::Setup() {
   w_mangle_ = kMangle[rng_() % 4];
   static constexpr int kAckWatch[] = {0, 5, 30};
   w_ack_watch_ = kAckWatch[rng_() % 3];
+  static constexpr int kDatasyncEio[] = {0, 0, 0, 20};
+  standby_datasync_eio_ = kDatasyncEio[rng_() % 4];
+  S().data.set_datasync_eio_per_mille(standby_datasync_eio_);
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
@@ -1013,6 +1018,8 @@ void World::Failover() {
   Trace(S().meta.Crash(rng_));
   secondary_.reset();
   std::swap(primary_host_, secondary_host_);
+  P().data.set_datasync_eio_per_mille(0);
+  S().data.set_datasync_eio_per_mille(standby_datasync_eio_);
   StartSecondary();
   StartPrimary();
 }
@@ -1115,6 +1122,15 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
       !replicator.resync().running && (Rotten() || (!healing && w_rot_ > 0))) {
     // Mostly when there is rot to find; now and then when there is none.
     add(Rotten() ? 20 : 2, [this] { StartVerify(); });
+  }
+  if (secondary_->applier().disk_failed()) {
+    // A datasync failed on the standby: its disk stays Failed (and its listener refuses every
+    // primary) until the operator restarts its daemon; the primary goes on without it.
+    add(20, [this] {
+      ++result_.standby_disk_failures;
+      Trace("operator: the standby's disk failed; its daemon is restarted");
+      CrashSecondary();
+    });
   }
   if (healing) {
     return;
@@ -1449,6 +1465,7 @@ ScheduleResult World::Run() {
     Step(/*healing=*/false);
   }
   Trace("heal begins");
+  S().data.set_datasync_eio_per_mille(0);
   for (int i = 0; failure_.empty() && !Healed(); ++i) {
     if (i >= kMaxHealSteps || !Step(/*healing=*/true)) {
       Fail("the pair never healed (stuck)");

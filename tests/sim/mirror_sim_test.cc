@@ -130,6 +130,7 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
     sweep.totals.verify_repairs += result.verify_repairs;
     sweep.totals.mangled_frames += result.mangled_frames;
     sweep.totals.ack_timeouts += result.ack_timeouts;
+    sweep.totals.standby_disk_failures += result.standby_disk_failures;
     sweep.totals.sync_aheads += result.sync_aheads;
     if (!result.ok) {
       sweep.first_failure = std::move(result);
@@ -146,7 +147,8 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       "%llu link cuts, %llu resyncs (%llu hole blocks), %llu bitmap regions cleaned, %llu "
       "failover checks, %llu failovers, %llu steps holding writes for the peer, %llu bytes rotted "
       "on the standby, %llu verifies that found differences, %llu frames duplicated or "
-      "reordered, %llu links dropped by the ack timeout, %llu datasyncs ahead of a FLUSH\n",
+      "reordered, %llu links dropped by the ack timeout, %llu standby restarts after a failed "
+      "datasync, %llu datasyncs ahead of a FLUSH\n",
       static_cast<unsigned long long>(sweep.schedules), std::chrono::duration<double>(took).count(),
       static_cast<unsigned long long>(sweep.totals.acked_writes),
       static_cast<unsigned long long>(sweep.totals.primary_crashes),
@@ -162,12 +164,14 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       static_cast<unsigned long long>(sweep.totals.verify_repairs),
       static_cast<unsigned long long>(sweep.totals.mangled_frames),
       static_cast<unsigned long long>(sweep.totals.ack_timeouts),
+      static_cast<unsigned long long>(sweep.totals.standby_disk_failures),
       static_cast<unsigned long long>(sweep.totals.sync_aheads));
 }
 
 // A sweep that passes proves something only if its schedules did what they claim: crashed both
 // hosts, cut the link, resynced, cleaned the bitmap, checked failovers, failed over, held writes
-// under `block`, repaired bit rot through verify, mangled frames, timed out Acks, synced ahead. A
+// under `block`, repaired bit rot through verify, mangled frames, timed out Acks, restarted a
+// standby whose datasync failed, synced ahead. A
 // change that quietly stopped any of these (a weight gone to zero, a heal that skips the resync)
 // would otherwise leave the sweep green.
 void ExpectEveryFaultExercised(const Sweep& sweep) {
@@ -188,6 +192,7 @@ void ExpectEveryFaultExercised(const Sweep& sweep) {
   EXPECT_GT(sweep.totals.verify_repairs, 0u);
   EXPECT_GT(sweep.totals.mangled_frames, 0u);
   EXPECT_GT(sweep.totals.ack_timeouts, 0u);
+  EXPECT_GT(sweep.totals.standby_disk_failures, 0u);
   EXPECT_GT(sweep.totals.sync_aheads, 0u);
 }
 

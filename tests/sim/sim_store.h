@@ -12,8 +12,9 @@
 //
 // Fault injection: with `write_eio_per_mille` a completing Write/ZeroRange/Discard fails with
 // EIO after a random subset of its sectors landed in the cache (what a failed write leaves is
-// unknown). Datasync never fails here (see mirror_sim.cc: a failed datasync marks the disk
-// Failed for good, which a schedule that must heal cannot recover from).
+// unknown). With `datasync_eio_per_mille` a completing Datasync fails with EIO and makes nothing
+// durable: the writes it covered stay in the cache only, for a crash to take or keep (the
+// owner's GroupCommit then fails that disk for good, until its process restarts).
 //
 // Allocation reports a range as a hole when it reads as zeroes, so Resync's Zero path runs.
 //
@@ -94,6 +95,7 @@ class SimStore final : public mirror::LocalStore {
   size_t pending_count() const { return pending_.size(); }
   Kind pending_kind(size_t i) const { return pending_[i].kind; }
   void set_write_eio_per_mille(int per_mille) { write_eio_per_mille_ = per_mille; }
+  void set_datasync_eio_per_mille(int per_mille) { datasync_eio_per_mille_ = per_mille; }
   // Whether a failed write may leave some of its sectors behind (default) or none.
   void set_eio_lands_sectors(bool lands) { eio_lands_sectors_ = lands; }
 
@@ -133,6 +135,11 @@ class SimStore final : public mirror::LocalStore {
         return name_ + " write " + Range(op.offset, op.data.size());
       }
       case Kind::kDatasync: {
+        if (datasync_eio_per_mille_ > 0 &&
+            static_cast<int>(rng() % 1000) < datasync_eio_per_mille_) {
+          op.done(base::Status::Error(EIO, name_ + ": injected datasync EIO"));
+          return name_ + " datasync EIO";
+        }
         // The covered writes are the oldest entries of the log still there.
         const uint64_t covered = op.covers - synced_writes_;
         if (op.covers > synced_writes_) {
@@ -233,6 +240,7 @@ class SimStore final : public mirror::LocalStore {
   uint64_t synced_writes_ = 0;      // The first this-many completed writes are in durable_.
   std::vector<Op> pending_;
   int write_eio_per_mille_ = 0;
+  int datasync_eio_per_mille_ = 0;
   bool eio_lands_sectors_ = true;
 };
 
