@@ -159,9 +159,6 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
     }
     seq = message.seq();
     current_gen = message.current_gen();
-    if (!InSequence(seq)) {
-      return;
-    }
   } else {
     pb::Flush message;
     if (!frame.Parse(message)) {
@@ -169,9 +166,11 @@ void ReplicaApplier::ApplyFlush(const transport::Frame& frame, bool resync_done)
       return;
     }
     seq = message.seq();
-    if (!InSequence(seq)) {
-      return;
-    }
+  }
+  if (!InSequence(seq)) {
+    return;
+  }
+  if (!resync_done) {
     // Mostly the primary's clients' FLUSHes; a resync batch's or a clean cycle's flush only
     // makes one guess of the pattern wrong.
     group_commit_.NoteFlush();
