@@ -49,6 +49,13 @@ std::string DefaultControlPath(const std::string& volume_path) {
   return volume_path + ".control";
 }
 
+std::string ControlSocketPath(const std::string& flag, const std::string& volume_path) {
+  if (flag.empty()) {
+    return DefaultControlPath(volume_path);
+  }
+  return flag.rfind("unix:", 0) == 0 ? flag.substr(5) : flag;
+}
+
 ControlServer::ControlServer(asio::io_context& io, std::map<std::string, Command> commands)
     : io_(io), commands_(std::move(commands)), acceptor_(io) {}
 

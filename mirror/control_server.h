@@ -41,4 +41,8 @@ base::Result<std::string> QueryControlSocket(const std::string& path, const std:
 
 std::string DefaultControlPath(const std::string& volume_path);
 
+// The control socket's path from a `--control` value (unix:PATH or PATH; empty: the default
+// for `volume_path`). The same for `run`, `status` and `verify`.
+std::string ControlSocketPath(const std::string& flag, const std::string& volume_path);
+
 }  // namespace mirror

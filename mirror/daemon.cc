@@ -717,9 +717,7 @@ Status RunDaemon(const DaemonOptions& options) {
       return st;
     }
   }
-  const std::string control_path =
-      options.control_path.empty() ? DefaultControlPath(options.volume_path)
-                                   : options.control_path;
+  const std::string control_path = ControlSocketPath(options.control_path, options.volume_path);
   node.control = std::make_unique<ControlServer>(
       node.io, std::map<std::string, ControlServer::Command>{
                    {"status", [&node] { return StatusJson(node); }},

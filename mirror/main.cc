@@ -177,10 +177,7 @@ int ShowStatus(const std::string& control, const std::string& volume, bool json)
     std::fprintf(stderr, "status needs --control unix:PATH or --volume FILE\n");
     return 2;
   }
-  std::string path = control.empty() ? mirror::DefaultControlPath(volume) : control;
-  if (path.rfind("unix:", 0) == 0) {
-    path = path.substr(5);
-  }
+  const std::string path = mirror::ControlSocketPath(control, volume);
   auto answer = mirror::QueryControlSocket(path, json ? "status" : "status-text");
   if (!answer.ok()) {
     std::fprintf(stderr, "nbdmirror status: %s\n", answer.status().ToString().c_str());
@@ -219,10 +216,7 @@ std::string JsonField(const std::string& json, const std::string& key) {
 // Exit status: 0 the copies are identical, 1 some blocks differ (marked and being resynced),
 // 2 the verify could not run or stopped early.
 int RunVerify(const std::string& control, const std::string& volume) {
-  std::string path = control.empty() ? mirror::DefaultControlPath(volume) : control;
-  if (path.rfind("unix:", 0) == 0) {
-    path = path.substr(5);
-  }
+  const std::string path = mirror::ControlSocketPath(control, volume);
   auto started = mirror::QueryControlSocket(path, "verify");
   if (!started.ok()) {
     std::fprintf(stderr, "nbdmirror verify: %s\n", started.status().ToString().c_str());
@@ -331,7 +325,8 @@ int main(int argc, char** argv) {
   run->add_option("--metadata", options.metadata_path,
                   "metadata file (default VOLUME.nbdmirror-meta)");
   run->add_option("--control", options.control_path,
-                  "control socket path for `nbdmirror status` (default VOLUME.control)");
+                  "control socket for `nbdmirror status`, unix:PATH or PATH (default "
+                  "VOLUME.control)");
   run->add_option("--metrics", raw.metrics,
                   "serve Prometheus metrics over HTTP at http://HOST:PORT/metrics; HOST[:PORT] or "
                   ":PORT (host defaults to 127.0.0.1, port to 9790)");
