@@ -308,6 +308,7 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("apply_p99_us", node.applier->RecentApplyQuantile(0.99));
     num("datasyncs", node.applier->group_commit().datasync_count());
     num("sync_ahead_datasyncs", node.applier->group_commit().sync_ahead_count());
+    num("write_through_writes", node.applier->group_commit().write_through_count());
   }
   text("connection", connection);
   text("peer_disk", peer_disk);
@@ -348,6 +349,7 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("errors", s.errors);
     num("datasyncs", node.volume->group_commit().datasync_count());
     num("sync_ahead_datasyncs", node.volume->group_commit().sync_ahead_count());
+    num("write_through_writes", node.volume->group_commit().write_through_count());
     num("modify_done", s.modify.count());
     num("modify_us", s.modify.sum_us());
     num("modify_queue_us", s.modify_queue_us);
@@ -438,6 +440,8 @@ constexpr MetricOfField kMetricsOfFields[] = {
      "Group-committed datasyncs of the local copy."},
     {"sync_ahead_datasyncs", "nbdmirror_sync_ahead_datasyncs_total", true, 1,
      "Of those, started ahead of an expected FLUSH (the client flushes after every few writes)."},
+    {"write_through_writes", "nbdmirror_write_through_writes_total", true, 1,
+     "Writes made durable by themselves (RWF_DSYNC), alone in flight and needing no datasync."},
     {"modify_queue_us", "nbdmirror_write_queue_seconds_total", true, 1e-6,
      "Time modifying requests waited for an overlapping write and their bitmap mark."},
     {"modify_local_us", "nbdmirror_write_local_seconds_total", true, 1e-6,

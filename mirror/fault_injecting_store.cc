@@ -93,6 +93,18 @@ Status FaultInjectingStore::Write(uint64_t offset_bytes, std::span<const std::by
   return inner_.Write(offset_bytes, data, std::move(done));
 }
 
+Status FaultInjectingStore::WriteThrough(uint64_t offset_bytes, std::span<const std::byte> data,
+                                         StoreDone done) {
+  // Fails where a write would, and wherever a datasync would: it flushes as one does.
+  if (Hits(FaultRule::Kind::kWrite, offset_bytes, data.size())) {
+    return Fail("write-through", offset_bytes, std::move(done));
+  }
+  if (Hits(FaultRule::Kind::kDatasync, 0, 0)) {
+    return Fail("write-through (its flush)", offset_bytes, std::move(done));
+  }
+  return inner_.WriteThrough(offset_bytes, data, std::move(done));
+}
+
 Status FaultInjectingStore::Datasync(StoreDone done) {
   if (Hits(FaultRule::Kind::kDatasync, 0, 0)) {
     return Fail("datasync", 0, std::move(done));

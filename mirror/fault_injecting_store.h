@@ -5,7 +5,8 @@
 //
 // A rule is "read:OFFSET:LENGTH", "write:OFFSET:LENGTH" (any operation of that kind touching
 // the byte range fails; WRITE also covers zeroing and discard) or "datasync" (every datasync
-// fails). Failures are reported through the callback, later, like a real I/O error.
+// fails, and so does every write-through, which flushes as a datasync does). Failures are
+// reported through the callback, later, like a real I/O error.
 
 #include <memory>
 #include <string>
@@ -35,6 +36,8 @@ class FaultInjectingStore final : public LocalStore {
   base::Status Read(uint64_t offset_bytes, std::span<std::byte> out, StoreDone done) override;
   base::Status Write(uint64_t offset_bytes, std::span<const std::byte> data,
                      StoreDone done) override;
+  base::Status WriteThrough(uint64_t offset_bytes, std::span<const std::byte> data,
+                            StoreDone done) override;
   base::Status Datasync(StoreDone done) override;
   base::Status Discard(uint64_t offset_bytes, uint64_t length_bytes, StoreDone done) override;
   base::Status ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, nbd::ZeroOptions options,

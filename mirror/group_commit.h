@@ -21,6 +21,26 @@
 // wrong is one datasync nobody waited for (`sync_ahead_datasyncs` in status). Writes that are
 // durable by themselves (mode sync, FUA) start their own datasync and never sync ahead.
 //
+// Writing through: better still than a datasync started at a write's completion is a write
+// that is durable when it completes (LocalStore::WriteThrough, RWF_DSYNC): the kernel issues
+// the flush right after the write, without the round trip through the loop (on a virtio disk
+// 17k such writes per second against 13–14k write-then-datasync pairs). ShouldWriteThrough()
+// says so, before a write is submitted, for a write alone in flight that must be durable
+// (mode sync, FUA), or that is the last before an expected FLUSH (the prediction above, made
+// one write earlier). A completed write-through needs no datasync, so it is not counted among
+// the writes a datasync must cover; the FLUSH that follows finds nothing to sync
+// (`write_through_writes` in status). With other writes in flight group commit is cheaper and
+// is used instead.
+//
+// A failed write-through: the kernel flushes only after a successful write, so the error came
+// from the write (as a failed plain write's) or from the flush, which would also have covered
+// every other completed write not yet durable: the failed-datasync case, after which no later
+// datasync may be trusted. So when nothing else awaited durability while it ran (nothing
+// completed and unsynced when it started, no datasync running, no write completed meanwhile:
+// the usual case, a lone write after a FLUSH), its failure is its request's alone, as a failed
+// plain write's is (the next durable request syncs, in case part of it landed). Otherwise the
+// disk is failed, as by a failed datasync.
+//
 // Loop thread only; callbacks come from the loop, never from inside RequestDurable.
 
 #include <chrono>
@@ -44,6 +64,14 @@ class GroupCommit {
   // A write (or zero, trim) completed. `may_sync_ahead`: it was the only one in flight and its
   // caller will not ask for durability itself (a durable write's RequestDurable follows anyway).
   void NoteWriteCompleted(bool may_sync_ahead = false);
+  // Before submitting a write: whether to submit it as a write-through (see the file comment).
+  // `durable`: its caller needs it durable (mode sync, FUA); `alone`: no other write is in
+  // flight.
+  bool ShouldWriteThrough(bool durable, bool alone) const;
+  // A write-through is submitted (after ShouldWriteThrough said so) / completed: durable by
+  // itself, or failed (see the file comment for when that fails the disk).
+  void NoteWriteThroughStarted();
+  void NoteWriteThroughCompleted(const base::Status& status);
   // A client FLUSH arrived (before it calls RequestDurable): what syncing ahead predicts from.
   void NoteFlush();
   void RequestDurable(StoreDone done);
@@ -52,6 +80,7 @@ class GroupCommit {
   const base::Status& failure() const { return failure_; }
   uint64_t datasync_count() const { return datasync_count_; }
   uint64_t sync_ahead_count() const { return sync_ahead_count_; }
+  uint64_t write_through_count() const { return write_through_count_; }
 
   // The clock syncing ahead reads (kSyncAheadWindow); a simulation gives its own, so that a
   // schedule replays the same whatever the speed of the machine running it.
@@ -59,7 +88,9 @@ class GroupCommit {
   void SetClock(std::function<Clock::time_point()> now) { now_ = std::move(now); }
 
  private:
-  bool FlushExpected() const;
+  // Whether a FLUSH is expected once `more` further writes have completed.
+  bool FlushExpected(uint64_t more = 0) const;
+  void Fail(const char* what, base::Status status);
   void StartDatasync();
   void OnDatasyncDone(base::Status status);
 
@@ -74,6 +105,12 @@ class GroupCommit {
   base::Status failure_;
   uint64_t datasync_count_ = 0;
   uint64_t sync_ahead_count_ = 0;
+  uint64_t write_through_count_ = 0;
+  // Write-throughs in flight (one at most: each starts alone), whether the last one started with
+  // nothing else awaiting durability, and the completed writes then.
+  uint64_t write_throughs_in_flight_ = 0;
+  bool write_through_isolated_ = false;
+  uint64_t completed_at_write_through_ = 0;
   // Syncing ahead: writes completed since the last client FLUSH, how many the one before it
   // covered (0: none, or no FLUSH yet), and when the last FLUSH came.
   uint64_t writes_since_flush_ = 0;

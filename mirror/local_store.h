@@ -12,6 +12,11 @@
 // volatile cache. A completed Datasync means every write that completed before Datasync was
 // submitted is on stable storage. A failed Datasync leaves those writes in an unknown state
 // and must never be retried into a success: callers treat it as a failed disk.
+//
+// WriteThrough is a Write that is on stable storage by itself when it completes (RWF_DSYNC:
+// the kernel flushes it before reporting), with no Datasync after it; it says nothing about
+// other writes. Its failure cannot be told from a failed Datasync (the write may have failed,
+// or the flush after it), so callers treat it as one.
 
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +44,9 @@ class LocalStore {
                                           StoreDone done) = 0;
   [[nodiscard]] virtual base::Status Write(uint64_t offset_bytes,
                                            std::span<const std::byte> data, StoreDone done) = 0;
+  [[nodiscard]] virtual base::Status WriteThrough(uint64_t offset_bytes,
+                                                  std::span<const std::byte> data,
+                                                  StoreDone done) = 0;
   [[nodiscard]] virtual base::Status Datasync(StoreDone done) = 0;
   // Deallocates the range; it reads as zeroes afterwards.
   [[nodiscard]] virtual base::Status Discard(uint64_t offset_bytes, uint64_t length_bytes,

@@ -103,12 +103,20 @@ void ReplicaApplier::ApplyWrite(transport::Frame frame) {
   WeakLink link = link_;
   const uint64_t seq = write.seq();
   const bool durable = write.durable();
-  Status st = store_.Write(write.offset_bytes(), payload->span(),
-                           [this, payload, link, seq, durable, arrived](Status result) {
-                             Finish(link, seq, durable, std::move(result), arrived);
-                           });
+  const bool through =
+      group_commit_.ShouldWriteThrough(durable, /*alone=*/stats_.ops_in_flight == 1);
+  auto finish = [this, payload, link, seq, durable, through, arrived](Status result) {
+    Finish(link, seq, durable, std::move(result), arrived, through);
+  };
+  if (through) {
+    group_commit_.NoteWriteThroughStarted();
+  }
+  Status st = through ? store_.WriteThrough(write.offset_bytes(), payload->span(), finish)
+                      : store_.Write(write.offset_bytes(), payload->span(), finish);
   if (!st.ok()) {
-    asio::post(io_, [this, link, seq, st, arrived] { Finish(link, seq, false, st, arrived); });
+    asio::post(io_, [this, link, seq, st, arrived, through] {
+      Finish(link, seq, false, st, arrived, through);
+    });
   }
 }
 
@@ -211,11 +219,14 @@ void ReplicaApplier::FinishResync(const WeakLink& link, uint64_t seq, uint64_t c
 }
 
 void ReplicaApplier::Finish(const WeakLink& link, uint64_t seq, bool durable, Status status,
-                            base::SteadyTime arrived) {
-  if (status.ok()) {
+                            base::SteadyTime arrived, bool written_through) {
+  if (written_through) {
+    // Durable by itself; or failed, perhaps with the disk (GroupCommit decides).
+    group_commit_.NoteWriteThroughCompleted(status);
+  } else if (status.ok()) {
     group_commit_.NoteWriteCompleted(/*may_sync_ahead=*/!durable && stats_.ops_in_flight == 1);
   }
-  if (!status.ok() || !durable) {
+  if (!status.ok() || !durable || written_through) {
     base::RecordSince(arrived, stats_.apply, recent_apply_);
     --stats_.ops_in_flight;
     if (!status.ok()) {

@@ -2,8 +2,9 @@
 // ReplicaApplier: the secondary's side of the mirror. It applies what the primary sends to the
 // local store and acknowledges each operation once the store says so: after the write for a
 // non-durable write, after a group-committed datasync covering it for a durable one (mode sync,
-// FUA, Flush). Writes are applied concurrently: the primary never has two overlapping writes in
-// flight.
+// FUA, Flush), or at once for a write-through (a write alone in flight that must be durable, or
+// that a Flush is expected to follow: GroupCommit::ShouldWriteThrough). Writes are applied
+// concurrently: the primary never has two overlapping writes in flight.
 //
 // DigestRequest (online verify): the range is read and its SHA-256 sent back in the Ack.
 //
@@ -80,8 +81,9 @@ class ReplicaApplier final : public transport::FrameHandler {
   void ApplyFlush(const transport::Frame& frame, bool resync_done);
   void FinishResync(const WeakLink& link, uint64_t seq, uint64_t current_gen);
   void ApplyDigestRequest(const transport::Frame& frame);
+  // `written_through`: the write went to the store as a write-through (durable when done).
   void Finish(const WeakLink& link, uint64_t seq, bool durable, base::Status status,
-              base::SteadyTime arrived);
+              base::SteadyTime arrived, bool written_through = false);
   void SendAck(const WeakLink& link, uint64_t seq, const base::Status& status,
                const std::string& digest = {});
   void Reject(const std::string& why);

@@ -183,6 +183,16 @@ Status UringStore::Read(uint64_t offset_bytes, std::span<std::byte> out, StoreDo
 
 Status UringStore::Write(uint64_t offset_bytes, std::span<const std::byte> data,
                          StoreDone done) {
+  return SubmitWrite(offset_bytes, data, /*write_through=*/false, std::move(done));
+}
+
+Status UringStore::WriteThrough(uint64_t offset_bytes, std::span<const std::byte> data,
+                                StoreDone done) {
+  return SubmitWrite(offset_bytes, data, /*write_through=*/true, std::move(done));
+}
+
+Status UringStore::SubmitWrite(uint64_t offset_bytes, std::span<const std::byte> data,
+                               bool write_through, StoreDone done) {
   if (Status st = CheckRange(offset_bytes, data.size(), "write"); !st.ok()) {
     return st;
   }
@@ -190,6 +200,7 @@ Status UringStore::Write(uint64_t offset_bytes, std::span<const std::byte> data,
                  data.size(), std::move(done));
   // The kernel only reads from it; io_uring's API is not const-correct.
   op->buffer = const_cast<std::byte*>(data.data());
+  op->write_through = write_through;
   Queue(op);
   return Status::Ok();
 }
@@ -363,6 +374,11 @@ bool UringStore::Prepare(Op* op) {
     case OpKind::kWrite:
       io_uring_prep_write(sqe, op->fd, op->buffer + op->done_bytes, static_cast<unsigned>(left),
                           offset);
+      if (op->write_through) {
+        // Each part of a short write is flushed before it completes, so the whole is durable
+        // once the last part is.
+        sqe->rw_flags = RWF_DSYNC;
+      }
       break;
     case OpKind::kDatasync:
       io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
@@ -449,9 +465,10 @@ void UringStore::OnCompletion(Op* op, int result) {
     return;
   }
   if (result < 0) {
-    const char* what = op->kind == OpKind::kRead      ? "read"
-                       : op->kind == OpKind::kWrite   ? "write"
-                       : op->kind == OpKind::kDatasync ? "fdatasync"
+    const char* what = op->kind == OpKind::kRead ? "read"
+                       : op->kind == OpKind::kWrite
+                           ? (op->write_through ? "write-through" : "write")
+                       : op->kind == OpKind::kDatasync  ? "fdatasync"
                        : op->kind == OpKind::kFallocate ? "fallocate"
                                                         : "fadvise";
     Finish(op, Status::Error(-result, std::string(what) + " " + path_ + " at " +

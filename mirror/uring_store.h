@@ -52,6 +52,8 @@ class UringStore final : public LocalStore {
   base::Status Read(uint64_t offset_bytes, std::span<std::byte> out, StoreDone done) override;
   base::Status Write(uint64_t offset_bytes, std::span<const std::byte> data,
                      StoreDone done) override;
+  base::Status WriteThrough(uint64_t offset_bytes, std::span<const std::byte> data,
+                            StoreDone done) override;
   base::Status Datasync(StoreDone done) override;
   base::Status Discard(uint64_t offset_bytes, uint64_t length_bytes, StoreDone done) override;
   base::Status ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, nbd::ZeroOptions options,
@@ -70,12 +72,15 @@ class UringStore final : public LocalStore {
     uint64_t length_bytes = 0;
     uint64_t done_bytes = 0;  // Progress of a read or write across short completions.
     int fallocate_mode = 0;
+    bool write_through = false;  // A write with RWF_DSYNC.
     StoreDone done;
   };
 
   UringStore(asio::io_context& io, std::string path);
   base::Status CheckRange(uint64_t offset_bytes, uint64_t length_bytes, const char* what) const;
   int FdFor(uint64_t offset_bytes, uint64_t length_bytes, const void* buffer) const;
+  base::Status SubmitWrite(uint64_t offset_bytes, std::span<const std::byte> data,
+                           bool write_through, StoreDone done);
   Op* NewOp(OpKind kind, int fd, uint64_t offset_bytes, uint64_t length_bytes, StoreDone done);
   void Queue(Op* op);
   bool Prepare(Op* op);

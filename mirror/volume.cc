@@ -19,6 +19,8 @@ struct Volume::PendingWrite {
   bool marked = false;       // The intent log holds this write's regions (Unmark when done).
   bool local_failed = false;  // The local write itself failed (not the mark before it).
   bool durable = false;      // Mode sync or FUA: durable on both sides before the reply.
+  bool may_write_through = false;  // A WRITE (zeroing and trimming have no write-through).
+  bool write_through = false;      // Submitted as a write-through.
   bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
   bool peer_degraded = false;
@@ -73,13 +75,14 @@ Status Volume::Write(uint64_t offset_bytes, std::span<const std::byte> data, boo
   const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, data.size(), fua,
-      [this, offset_bytes, data](StoreDone store_done) {
-        return store_.Write(offset_bytes, data, std::move(store_done));
+      [this, offset_bytes, data](bool write_through, StoreDone store_done) {
+        return write_through ? store_.WriteThrough(offset_bytes, data, std::move(store_done))
+                             : store_.Write(offset_bytes, data, std::move(store_done));
       },
       [this, offset_bytes, data, durable](PeerDone peer_done) {
         peer_->ReplicateWrite(offset_bytes, data, durable, std::move(peer_done));
       },
-      std::move(done));
+      std::move(done), /*fast_zero=*/false, /*may_write_through=*/true);
 }
 
 Status Volume::Trim(uint64_t offset_bytes, uint64_t length_bytes, bool fua,
@@ -88,7 +91,7 @@ Status Volume::Trim(uint64_t offset_bytes, uint64_t length_bytes, bool fua,
   const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, length_bytes, fua,
-      [this, offset_bytes, length_bytes](StoreDone store_done) {
+      [this, offset_bytes, length_bytes](bool, StoreDone store_done) {
         return store_.Discard(offset_bytes, length_bytes, std::move(store_done));
       },
       [this, offset_bytes, length_bytes, durable](PeerDone peer_done) {
@@ -104,7 +107,7 @@ Status Volume::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes,
   const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, length_bytes, fua,
-      [this, offset_bytes, length_bytes, options](StoreDone store_done) {
+      [this, offset_bytes, length_bytes, options](bool, StoreDone store_done) {
         return store_.ZeroRange(offset_bytes, length_bytes, options, std::move(store_done));
       },
       [this, offset_bytes, length_bytes, options, durable](PeerDone peer_done) {
@@ -119,7 +122,8 @@ Status Volume::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes,
 }
 
 Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
-                      PeerCall peer, nbd::DoneCallback done, bool fast_zero) {
+                      PeerCall peer, nbd::DoneCallback done, bool fast_zero,
+                      bool may_write_through) {
   if (Status st = CheckRange(offset_bytes, length_bytes, ENOSPC); !st.ok()) {
     return st;
   }
@@ -132,6 +136,7 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   write->store = std::move(store);
   write->peer = std::move(peer);
   write->fast_zero = fast_zero;
+  write->may_write_through = may_write_through;
   ++stats_.writes_in_flight;
   stats_.bytes_in_flight += length_bytes;
   // The grant may run later, from another write's completion; the write owns what it needs.
@@ -172,8 +177,15 @@ void Volume::MarkIntent(const std::shared_ptr<PendingWrite>& write) {
 void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
   write->fanned_out = Clock::now();
   stats_.modify_queue_us += base::MicrosBetween(write->arrived, write->fanned_out);
-  Status st =
-      write->store([this, write](Status result) { OnLocalWritten(write, std::move(result)); });
+  write->write_through = write->may_write_through &&
+                         group_commit_.ShouldWriteThrough(write->durable,
+                                                          /*alone=*/stats_.writes_in_flight == 1);
+  if (write->write_through) {
+    group_commit_.NoteWriteThroughStarted();
+  }
+  Status st = write->store(write->write_through, [this, write](Status result) {
+    OnLocalWritten(write, std::move(result));
+  });
   if (!st.ok()) {
     // The submit call already returned OK to the connection: report through the callback.
     asio::post(io_, [this, write, st] { OnLocalWritten(write, st); });
@@ -218,10 +230,15 @@ void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status s
       }
     }
   }
-  if (!status.ok()) {
+  if (write->write_through) {
+    // Durable by itself; or failed, perhaps with the disk (GroupCommit decides).
+    group_commit_.NoteWriteThroughCompleted(status);
+  } else if (!status.ok()) {
     // Part of a failed write may sit in the page cache all the same: the next durable request
     // must not skip its datasync as if nothing had been written.
     group_commit_.NoteWriteCompleted();
+  }
+  if (!status.ok()) {
     write->local_failed = true;
     ++stats_.errors;
     write->local_status = std::move(status);
@@ -230,9 +247,11 @@ void Volume::OnLocalWritten(const std::shared_ptr<PendingWrite>& write, Status s
     MaybeFinish(write);
     return;
   }
-  group_commit_.NoteWriteCompleted(
-      /*may_sync_ahead=*/!write->durable && stats_.writes_in_flight == 1);
-  if (!write->durable) {
+  if (!write->write_through) {
+    group_commit_.NoteWriteCompleted(
+        /*may_sync_ahead=*/!write->durable && stats_.writes_in_flight == 1);
+  }
+  if (!write->durable || write->write_through) {
     write->local_done = true;
     stats_.modify_local_us += MicrosSince(write->fanned_out);
     MaybeFinish(write);

@@ -15,9 +15,13 @@
 //                        start together. Except for a FAST_ZERO: the peer is asked once the
 //                        local zeroing succeeded, so that a refusal (ENOTSUP, which the NBD
 //                        spec wants quick and without changes) changes neither copy.
+//                        A WRITE alone in flight that must be durable, or that a FLUSH is
+//                        expected to follow, goes to the store as a write-through (durable
+//                        when it completes; GroupCommit::ShouldWriteThrough).
 //   4. kLocalWritten     The store reports the write done. GroupCommit counts it as completed.
-//                        If the write must be durable (mode sync, or FUA), a group-committed
-//                        datasync covering it starts now, while the peer is still working.
+//                        If the write must be durable (mode sync, or FUA) and was not written
+//                        through, a group-committed datasync covering it starts now, while
+//                        the peer is still working.
 //   5. kPeerConfirmed    The peer acknowledged: applied, and durable on its disk when the mode
 //                        or FUA asks for it (the peer group-commits too). Or the link
 //                        answered kDegraded: the peer is gone and recorded as outdated.
@@ -25,12 +29,13 @@
 //                        write is over (its bits stay set until a clean cycle clears them),
 //                        and the connection gets `done`, which sends the NBD reply.
 //
-// A failed local write, or a bitmap that cannot be persisted, fails the request with EIO. A failed peer never fails a client's write.
-// FLUSH in mode flush is a local group-committed datasync plus a Flush to the peer; it replies
-// when both are done, so every write replied to before it is durable on both hosts, whichever
-// connection it came from (this is what CAN_MULTI_CONN promises). In mode sync every write was
-// durable on both before its reply, so a FLUSH asks the peer nothing: it only waits for a local
-// datasync if a failed write may have left something unsynced (GroupCommit skips it otherwise).
+// A failed local write, or a bitmap that cannot be persisted, fails the request with EIO. A failed
+// peer never fails a client's write. FLUSH in mode flush is a local group-committed datasync plus a
+// Flush to the peer; it replies when both are done, so every write replied to before it is durable
+// on both hosts, whichever connection it came from (this is what CAN_MULTI_CONN promises). In mode
+// sync every write was durable on both before its reply, so a FLUSH asks the peer nothing: it only
+// waits for a local datasync if a failed write may have left something unsynced (GroupCommit skips
+// it otherwise).
 //
 // Reads go straight to the local store; NBD does not order reads against in-flight writes.
 //
@@ -131,11 +136,13 @@ class Volume final : public nbd::BlockDevice {
 
  private:
   struct PendingWrite;
-  using StoreCall = std::function<base::Status(StoreDone)>;
+  // `write_through`: submit it as LocalStore::WriteThrough (only WRITE is ever asked to).
+  using StoreCall = std::function<base::Status(bool write_through, StoreDone)>;
   using PeerCall = std::function<void(PeerDone)>;
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
-                      PeerCall peer, nbd::DoneCallback done, bool fast_zero = false);
+                      PeerCall peer, nbd::DoneCallback done, bool fast_zero = false,
+                      bool may_write_through = false);
   void MarkIntent(const std::shared_ptr<PendingWrite>& write);
   void FanOut(const std::shared_ptr<PendingWrite>& write);
   void StartPeer(const std::shared_ptr<PendingWrite>& write);

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# sync_ahead_test: both hosts start a datasync ahead of a FLUSH they can expect (the client
-# flushed after each write so far), the FLUSH joins it instead of costing a second one, and a
-# client that never flushes never triggers one.
+# sync_ahead_test: both hosts make the write before a FLUSH they can expect (the client
+# flushed after each write so far) durable by itself, as a write-through, so the FLUSH finds
+# nothing to sync; and a client that never flushes never triggers that (nor a datasync ahead).
 #
 # How: a pair in mode flush on loopback (64 MiB sparse volumes, --skip-initial-sync). fio's nbd
 # engine first writes 2000 random 4 KiB blocks 16 deep with no FLUSH: neither daemon may report
-# a `sync_ahead_datasyncs`, and the primary no `datasyncs` at all. Then 400 random 4 KiB writes
-# one at a time, each followed by a FLUSH (fsync=1), with verify: on each host most of those
-# FLUSHes must have found their datasync already started (`sync_ahead_datasyncs` at least half
-# the FLUSHes), and the datasyncs must not outnumber the FLUSHes (a FLUSH that did not join
-# its early datasync would add a second one). The FLUSH is mirrored in mode flush, so the
+# a `sync_ahead_datasyncs` or a `write_through_writes`, and the primary no `datasyncs` at all.
+# Then 400 random 4 KiB writes one at a time, each followed by a FLUSH (fsync=1), with verify:
+# on each host most of those writes must have been written through (`write_through_writes` at
+# least half the FLUSHes: each is alone in flight, and the one FLUSH pattern predicts the next),
+# and the datasyncs must not outnumber the FLUSHes. The FLUSH is mirrored in mode flush, so the
 # standby sees the same pattern. Then both stop cleanly and the files are compared.
 
 # shellcheck source=../lib/common.sh
@@ -48,12 +48,14 @@ run_fio() {
 # ---- a client that never flushes ---------------------------------------------------------------
 run_fio noflush --iodepth=16 --number_ios=2000
 for side in "$a" "$b"; do
-  [[ $(field "$side" sync_ahead_datasyncs) == 0 ]] ||
-    nm_fail "$(basename "$side"): sync_ahead_datasyncs $(field "$side" sync_ahead_datasyncs) with no FLUSH sent"
+  for key in sync_ahead_datasyncs write_through_writes; do
+    [[ $(field "$side" $key) == 0 ]] ||
+      nm_fail "$(basename "$side"): ${key} $(field "$side" $key) with no FLUSH sent"
+  done
 done
 [[ $(field "$a" flushes) == 0 && $(field "$a" datasyncs) == 0 ]] ||
   nm_fail "the primary counts $(field "$a" flushes) FLUSHes, $(field "$a" datasyncs) datasyncs without a FLUSH"
-nm_log "2000 writes without FLUSH: no datasync ahead on either host"
+nm_log "2000 writes without FLUSH: no write-through, no datasync ahead on either host"
 
 # ---- a write, a FLUSH, a write, a FLUSH, ... ---------------------------------------------------
 flushes_a0=$(field "$a" flushes)
@@ -67,15 +69,16 @@ flushes=$(($(field "$a" flushes) - flushes_a0))
 for side in "$a" "$b"; do
   name=$(basename "$side")
   ahead=$(field "$side" sync_ahead_datasyncs)
+  through=$(field "$side" write_through_writes)
   if [[ $side == "$a" ]]; then syncs0=$syncs_a0; else syncs0=$syncs_b0; fi
   syncs=$(($(field "$side" datasyncs) - syncs0))
-  ((ahead * 2 >= flushes)) ||
-    nm_fail "${name}: ${ahead} datasyncs started ahead for ${flushes} FLUSHes after single writes"
-  # Each FLUSH needs at most one datasync; a few more are clean cycles' (primary) or flushes
-  # that found nothing new (standby: none needed).
+  ((through * 2 >= flushes)) ||
+    nm_fail "${name}: ${through} writes written through for ${flushes} FLUSHes after single writes"
+  # Each FLUSH needs at most one datasync (none after a write-through); a few more are clean
+  # cycles' (primary).
   ((syncs <= flushes + 5)) ||
-    nm_fail "${name}: ${syncs} datasyncs for ${flushes} FLUSHes: FLUSHes did not join the early ones"
-  nm_log "${name}: ${flushes} FLUSHes after single writes: ${syncs} datasyncs, ${ahead} of them started ahead"
+    nm_fail "${name}: ${syncs} datasyncs for ${flushes} FLUSHes"
+  nm_log "${name}: ${flushes} FLUSHes after single writes: ${through} writes written through, ${syncs} datasyncs (${ahead} started ahead)"
 done
 
 nm_stop_clean "$primary" "the primary"

@@ -53,14 +53,17 @@
 // chunks of four; whether the resync's buffer budget holds one block or many. Optionally
 // (ScheduleOptions::inject_write_eio) data-disk writes fail with EIO.
 //
+// Failing datasyncs (and the flushes of write-throughs), in a quarter of the schedules on each
+// host: GroupCommit fails that disk for good; the standby then refuses every primary and the
+// primary fails every durable request, until the operator restarts that daemon (a schedule
+// action).
+//
 // What is not simulated: promoting a standby the primary did not report UpToDate (its copy may
 // lack writes the primary acknowledged without it; the generations then refuse the rejoin as
-// split brain, which a schedule that must heal cannot get past), a failing datasync on the
-// primary (GroupCommit then fails its disk for good, and a schedule that must heal cannot; on
-// the standby it is simulated: the standby refuses every primary until the operator restarts
-// it, a schedule action), a failing metadata disk, authentication, TLS, the frame header and its
-// checksum (covered by unit and fuzz tests; a bad frame is a close here), heartbeats (a silent peer
-// is a cut here), and the resync rate limit (unlimited here).
+// split brain, which a schedule that must heal cannot get past), a failing metadata disk,
+// authentication, TLS, the frame header and its checksum (covered by unit and fuzz tests; a bad
+// frame is a close here), heartbeats (a silent peer is a cut here), and the resync rate limit
+// (unlimited here).
 //
 // After the random actions the schedule heals: no more faults and no more clean cycles; the
 // retry interval passes whenever the replicator waits for it, until the pair is connected, the
@@ -447,6 +450,7 @@ class World {
   std::shared_ptr<Connection> OpenConnection() const;
   bool Connected() const;
   bool Healed() const;
+  bool LinksQuiet() const;  // No frame on its way on an open connection.
   void FinalFlush();
   struct Expected {
     std::vector<std::byte> bytes;
@@ -457,6 +461,7 @@ class World {
   void CheckFailover();
   void Check();
   void Tally();
+  void TallySecondary();  // Before the secondary's engine goes.
   std::string Report() const;
   uint64_t RandomOffset();
 
@@ -504,6 +509,7 @@ class World {
   int w_mangle_ = 0;  // Per mille of numbered frames duplicated or reordered.
   int w_ack_watch_ = 0;
   int standby_datasync_eio_ = 0;  // Per mille of the standby's datasyncs that fail.
+  int primary_datasync_eio_ = 0;  // The same on the primary (write-throughs' flushes too).
   // Rots so far; the rots a completed verify has found (their marks then resync them); the
   // rots before the running verify started, while one is watched.
   uint64_t rot_epoch_ = 0;
@@ -839,6 +845,8 @@ void World::Setup() {
   static constexpr int kDatasyncEio[] = {0, 0, 0, 20};
   standby_datasync_eio_ = kDatasyncEio[rng_() % 4];
   S().data.set_datasync_eio_per_mille(standby_datasync_eio_);
+  primary_datasync_eio_ = kDatasyncEio[rng_() % 4];
+  P().data.set_datasync_eio_per_mille(primary_datasync_eio_);
   pool_bytes_ = rng_() % 2 == 0 ? 8 << 20 : 300 << 10;
   keep_marked_bytes_ = rng_() % 2 == 0 ? 0 : mirror::ReplicatorOptions().keep_marked_bytes;
   // Bitmap pages start empty and valid, as MetadataFile::Create leaves them.
@@ -900,6 +908,7 @@ void World::Setup() {
     P().data.set_write_eio_per_mille(5);
     S().data.set_write_eio_per_mille(5);
   }
+
   StartSecondary();
   StartPrimary();
 }
@@ -972,6 +981,13 @@ void World::StartPrimary() {
 void World::Tally() {
   result_.cleared_regions += primary_->log->stats().cleared_regions;
   result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
+  result_.write_throughs += primary_->volume->group_commit().write_through_count();
+}
+
+void World::TallySecondary() {
+  if (secondary_) {
+    result_.write_throughs += secondary_->applier().group_commit().write_through_count();
+  }
 }
 
 void World::KillPrimary(const std::string& why) {
@@ -1016,9 +1032,10 @@ void World::Failover() {
   }
   Trace(S().data.Crash(rng_));
   Trace(S().meta.Crash(rng_));
+  TallySecondary();
   secondary_.reset();
   std::swap(primary_host_, secondary_host_);
-  P().data.set_datasync_eio_per_mille(0);
+  P().data.set_datasync_eio_per_mille(primary_datasync_eio_);
   S().data.set_datasync_eio_per_mille(standby_datasync_eio_);
   StartSecondary();
   StartPrimary();
@@ -1073,6 +1090,7 @@ void World::CrashSecondary() {
   }
   Trace(S().data.Crash(rng_));
   Trace(S().meta.Crash(rng_));
+  TallySecondary();
   secondary_.reset();
   StartSecondary();
 }
@@ -1132,6 +1150,15 @@ void World::AddActions(bool healing, std::vector<std::pair<int, Action>>& action
       CrashSecondary();
     });
   }
+  if (primary_->volume->disk_failed()) {
+    // A datasync (or a write-through's flush) failed on the primary: durable requests fail
+    // until the operator restarts its daemon (or fails over to the standby, also a choice here).
+    add(20, [this] {
+      ++result_.primary_disk_failures;
+      Trace("operator: the primary's disk failed; its daemon is restarted");
+      CrashPrimary();
+    });
+  }
   if (healing) {
     return;
   }
@@ -1173,7 +1200,15 @@ bool World::Healed() const {
   const mirror::Replicator& r = *primary_->replicator;
   return Connected() && r.peer_disk() == DiskState::kUpToDate && !r.resync().running &&
          !r.cleaning() && r.pending_count() == 0 && r.held_count() == 0 && outstanding_ == 0 &&
-         !Rotten() && !verify_epoch_;
+         !Rotten() && !verify_epoch_ && LinksQuiet() && !primary_->volume->disk_failed();
+}
+
+bool World::LinksQuiet() const {
+  // A frame still on its way (an Ack the faulty proxy duplicated, say) would strike during the
+  // final FLUSH, after the faults are over.
+  return std::all_of(connections_.begin(), connections_.end(), [](const auto& c) {
+    return !c->open || (c->to_secondary.empty() && c->to_primary.empty());
+  });
 }
 
 uint64_t World::RandomOffset() {
@@ -1466,6 +1501,7 @@ ScheduleResult World::Run() {
   }
   Trace("heal begins");
   S().data.set_datasync_eio_per_mille(0);
+  P().data.set_datasync_eio_per_mille(0);
   for (int i = 0; failure_.empty() && !Healed(); ++i) {
     if (i >= kMaxHealSteps || !Step(/*healing=*/true)) {
       Fail("the pair never healed (stuck)");
@@ -1478,6 +1514,7 @@ ScheduleResult World::Run() {
     Check();
   }
   Tally();
+  TallySecondary();
   // FNV-1a over the whole trace: two runs of a seed must take the same path, line for line.
   result_.trace_hash = 1469598103934665603ull;
   for (const std::string& line : trace_) {

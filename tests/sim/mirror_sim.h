@@ -50,7 +50,9 @@ struct ScheduleResult {
   uint64_t mangled_frames = 0;        // Frames duplicated or reordered on the way.
   uint64_t ack_timeouts = 0;          // Links dropped for acknowledging nothing in time.
   uint64_t standby_disk_failures = 0;  // Standby restarts after a failed datasync.
+  uint64_t primary_disk_failures = 0;  // Primary restarts after a failed datasync.
   uint64_t sync_aheads = 0;      // Datasyncs the primary started ahead of an expected FLUSH.
+  uint64_t write_throughs = 0;   // Writes either host made durable by themselves (RWF_DSYNC).
   // The path the schedule took: a hash of its whole trace, and the trace's length.
   uint64_t trace_hash = 0;
   uint64_t trace_lines = 0;

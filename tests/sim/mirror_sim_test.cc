@@ -131,7 +131,9 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
     sweep.totals.mangled_frames += result.mangled_frames;
     sweep.totals.ack_timeouts += result.ack_timeouts;
     sweep.totals.standby_disk_failures += result.standby_disk_failures;
+    sweep.totals.primary_disk_failures += result.primary_disk_failures;
     sweep.totals.sync_aheads += result.sync_aheads;
+    sweep.totals.write_throughs += result.write_throughs;
     if (!result.ok) {
       sweep.first_failure = std::move(result);
       sweep.failing_seed = seed;
@@ -147,8 +149,8 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       "%llu link cuts, %llu resyncs (%llu hole blocks), %llu bitmap regions cleaned, %llu "
       "failover checks, %llu failovers, %llu steps holding writes for the peer, %llu bytes rotted "
       "on the standby, %llu verifies that found differences, %llu frames duplicated or "
-      "reordered, %llu links dropped by the ack timeout, %llu standby restarts after a failed "
-      "datasync, %llu datasyncs ahead of a FLUSH\n",
+      "reordered, %llu links dropped by the ack timeout, %llu standby and %llu primary restarts "
+      "after a failed datasync, %llu datasyncs ahead of a FLUSH, %llu write-throughs\n",
       static_cast<unsigned long long>(sweep.schedules), std::chrono::duration<double>(took).count(),
       static_cast<unsigned long long>(sweep.totals.acked_writes),
       static_cast<unsigned long long>(sweep.totals.primary_crashes),
@@ -165,13 +167,15 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       static_cast<unsigned long long>(sweep.totals.mangled_frames),
       static_cast<unsigned long long>(sweep.totals.ack_timeouts),
       static_cast<unsigned long long>(sweep.totals.standby_disk_failures),
-      static_cast<unsigned long long>(sweep.totals.sync_aheads));
+      static_cast<unsigned long long>(sweep.totals.primary_disk_failures),
+      static_cast<unsigned long long>(sweep.totals.sync_aheads),
+      static_cast<unsigned long long>(sweep.totals.write_throughs));
 }
 
 // A sweep that passes proves something only if its schedules did what they claim: crashed both
 // hosts, cut the link, resynced, cleaned the bitmap, checked failovers, failed over, held writes
 // under `block`, repaired bit rot through verify, mangled frames, timed out Acks, restarted a
-// standby whose datasync failed, synced ahead. A
+// standby or a primary whose datasync failed, synced ahead, wrote through. A
 // change that quietly stopped any of these (a weight gone to zero, a heal that skips the resync)
 // would otherwise leave the sweep green.
 void ExpectEveryFaultExercised(const Sweep& sweep) {
@@ -193,7 +197,9 @@ void ExpectEveryFaultExercised(const Sweep& sweep) {
   EXPECT_GT(sweep.totals.mangled_frames, 0u);
   EXPECT_GT(sweep.totals.ack_timeouts, 0u);
   EXPECT_GT(sweep.totals.standby_disk_failures, 0u);
+  EXPECT_GT(sweep.totals.primary_disk_failures, 0u);
   EXPECT_GT(sweep.totals.sync_aheads, 0u);
+  EXPECT_GT(sweep.totals.write_throughs, 0u);
 }
 
 TEST(MirrorSimTest, EveryAcknowledgedWriteIsOnBothIdenticalCopiesAfterAnySchedule) {

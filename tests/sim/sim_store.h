@@ -16,6 +16,12 @@
 // durable: the writes it covered stay in the cache only, for a crash to take or keep (the
 // owner's GroupCommit then fails that disk for good, until its process restarts).
 //
+// A WriteThrough that completes is durable at once, as RWF_DSYNC promises, and nothing else
+// becomes durable with it: older cached writes it overlaps take its bytes there (a crash or a
+// datasync can no longer bring back what it overwrote). It fails as a write does (some sectors
+// landed, in the cache only) with `write_eio_per_mille`, or as its flush does (all of it in the
+// cache only) with `datasync_eio_per_mille`.
+//
 // Allocation reports a range as a hole when it reads as zeroes, so Resync's Zero path runs.
 //
 // Nothing here touches the io_context: completions run when the simulation calls CompleteAt(),
@@ -25,6 +31,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "base/check.h"
@@ -35,7 +42,7 @@ namespace sim {
 class SimStore final : public mirror::LocalStore {
  public:
   static constexpr uint64_t kSectorBytes = 512;
-  enum class Kind { kRead, kWrite, kDatasync };
+  enum class Kind { kRead, kWrite, kWriteThrough, kDatasync };
 
   SimStore(std::string name, uint64_t size_bytes)
       : name_(std::move(name)), data_(size_bytes), durable_(size_bytes) {}
@@ -59,6 +66,15 @@ class SimStore final : public mirror::LocalStore {
     }
     pending_.push_back(
         {Kind::kWrite, offset, std::vector<std::byte>(in.begin(), in.end()), std::move(done), 0});
+    return base::Status::Ok();
+  }
+  base::Status WriteThrough(uint64_t offset, std::span<const std::byte> in,
+                            mirror::StoreDone done) override {
+    if (!InRange(offset, in.size())) {
+      return base::Status::Error(EINVAL, name_ + ": write-through past the end");
+    }
+    pending_.push_back({Kind::kWriteThrough, offset, std::vector<std::byte>(in.begin(), in.end()),
+                        std::move(done), 0});
     return base::Status::Ok();
   }
   base::Status Datasync(mirror::StoreDone done) override {
@@ -108,7 +124,20 @@ class SimStore final : public mirror::LocalStore {
         std::memcpy(op.out.data(), data_.data() + op.offset, op.out.size());
         op.done(base::Status::Ok());
         return name_ + " read " + Range(op.offset, op.out.size());
+      case Kind::kWriteThrough:
+        if (datasync_eio_per_mille_ > 0 &&
+            static_cast<int>(rng() % 1000) < datasync_eio_per_mille_) {
+          // The write landed; its flush failed.
+          std::memcpy(data_.data() + op.offset, op.data.data(), op.data.size());
+          log_.push_back({op.offset, op.data});
+          ++completed_writes_;
+          op.done(base::Status::Error(EIO, name_ + ": injected write-through flush EIO"));
+          return name_ + " write-through " + Range(op.offset, op.data.size()) + " flush EIO";
+        }
+        [[fallthrough]];
       case Kind::kWrite: {
+        const bool through = op.kind == Kind::kWriteThrough;
+        const std::string what = through ? " write-through " : " write ";
         if (write_eio_per_mille_ > 0 && static_cast<int>(rng() % 1000) < write_eio_per_mille_) {
           // What a failed write leaves behind is unknown: some of its sectors may have landed
           // (in the cache, like any completed write, until a datasync or a crash).
@@ -125,14 +154,19 @@ class SimStore final : public mirror::LocalStore {
             }
           }
           op.done(base::Status::Error(EIO, name_ + ": injected EIO"));
-          return name_ + " write " + Range(op.offset, op.data.size()) + " EIO (" +
+          return name_ + what + Range(op.offset, op.data.size()) + " EIO (" +
                  std::to_string(landed) + " sectors landed)";
         }
         std::memcpy(data_.data() + op.offset, op.data.data(), op.data.size());
-        log_.push_back({op.offset, op.data});
-        ++completed_writes_;
+        if (through) {
+          std::memcpy(durable_.data() + op.offset, op.data.data(), op.data.size());
+          OverwriteInLog(op.offset, op.data);
+        } else {
+          log_.push_back({op.offset, op.data});
+          ++completed_writes_;
+        }
         op.done(base::Status::Ok());
-        return name_ + " write " + Range(op.offset, op.data.size());
+        return name_ + what + Range(op.offset, op.data.size());
       }
       case Kind::kDatasync: {
         if (datasync_eio_per_mille_ > 0 &&
@@ -172,7 +206,7 @@ class SimStore final : public mirror::LocalStore {
       survive(w.offset, w.data);
     }
     for (const auto& op : pending_) {
-      if (op.kind == Kind::kWrite) {
+      if (op.kind == Kind::kWrite || op.kind == Kind::kWriteThrough) {
         survive(op.offset, op.data);
       }
     }
@@ -216,6 +250,17 @@ class SimStore final : public mirror::LocalStore {
     std::vector<std::byte> data;
   };
 
+  // The cached writes overlapping [offset, offset + bytes) take `bytes` there.
+  void OverwriteInLog(uint64_t offset, const std::vector<std::byte>& bytes) {
+    const uint64_t end = offset + bytes.size();
+    for (auto& w : log_) {
+      const uint64_t from = std::max(offset, w.offset);
+      const uint64_t to = std::min(end, w.offset + w.data.size());
+      if (from < to) {
+        std::memcpy(w.data.data() + (from - w.offset), bytes.data() + (from - offset), to - from);
+      }
+    }
+  }
   bool InRange(uint64_t offset, uint64_t length) const {
     return offset <= data_.size() && length <= data_.size() - offset;
   }

@@ -200,5 +200,98 @@ TEST_F(SyncAheadTest, NeverAfterAFailedDatasync) {
   EXPECT_EQ(store_.datasyncs_submitted(), before);
 }
 
+// Writing through: decided before a write is submitted, for a write alone in flight.
+TEST_F(SyncAheadTest, ADurableWriteAloneIsWrittenThroughNotWhenOthersAreInFlight) {
+  EXPECT_TRUE(commit_.ShouldWriteThrough(/*durable=*/true, /*alone=*/true));
+  EXPECT_FALSE(commit_.ShouldWriteThrough(/*durable=*/true, /*alone=*/false));
+  EXPECT_FALSE(commit_.ShouldWriteThrough(/*durable=*/false, /*alone=*/true))
+      << "no FLUSH pattern yet";
+}
+
+TEST_F(SyncAheadTest, ThePlainWriteBeforeAnExpectedFlushIsWrittenThrough) {
+  LoneWrites(3);
+  FlushToTheEnd();  // Every third write is followed by a FLUSH.
+  LoneWrites(1);
+  EXPECT_FALSE(commit_.ShouldWriteThrough(false, true)) << "the second of three";
+  LoneWrites(1);
+  EXPECT_TRUE(commit_.ShouldWriteThrough(false, true)) << "the third of three";
+  EXPECT_FALSE(commit_.ShouldWriteThrough(false, false)) << "with another in flight";
+}
+
+TEST_F(SyncAheadTest, AWriteThroughNeedsNoDatasyncButOtherWritesStillDo) {
+  WriteThenFlush();
+  const uint64_t before = store_.datasyncs_submitted();
+  ASSERT_TRUE(commit_.ShouldWriteThrough(false, true));
+  commit_.NoteWriteThroughStarted();
+  commit_.NoteWriteThroughCompleted(base::Status::Ok());
+  EXPECT_EQ(commit_.write_through_count(), 1u);
+  commit_.NoteFlush();
+  bool flushed = false;
+  commit_.RequestDurable([&](base::Status st) { flushed = st.ok(); });
+  testing_support::Drain(io_);
+  EXPECT_TRUE(flushed);
+  EXPECT_EQ(store_.datasyncs_submitted(), before) << "a datasync for a write-through";
+  EXPECT_TRUE(commit_.ShouldWriteThrough(false, true)) << "the pattern (one write) still holds";
+  // A plain write completed before a write-through is not made durable by it.
+  commit_.NoteWriteCompleted();
+  commit_.NoteWriteThroughStarted();
+  commit_.NoteWriteThroughCompleted(base::Status::Ok());
+  flushed = false;
+  commit_.RequestDurable([&](base::Status st) { flushed = st.ok(); });
+  EXPECT_EQ(store_.datasyncs_submitted(), before + 1);
+  store_.CompleteAll();
+  EXPECT_TRUE(flushed);
+}
+
+// Failures. The kernel flushes only after a successful write: the error is the write's, or the
+// flush's, and a failed flush also covered whatever else was completed and not yet durable.
+class WriteThroughFailureTest : public GroupCommitTest {
+ protected:
+  void FailOne() {
+    commit_.NoteWriteThroughStarted();
+    commit_.NoteWriteThroughCompleted(base::Status::Error(EIO, "write-through"));
+  }
+  int Durable() {
+    int result = -1;
+    commit_.RequestDurable([&](base::Status st) { result = st.errno_value(); });
+    testing_support::Drain(io_);
+    store_.CompleteAll();
+    testing_support::Drain(io_);
+    return result;
+  }
+};
+
+TEST_F(WriteThroughFailureTest, AloneWithNothingUnsyncedOnlyItsRequestFails) {
+  FailOne();
+  EXPECT_FALSE(commit_.failed());
+  EXPECT_EQ(commit_.write_through_count(), 0u);
+  EXPECT_EQ(Durable(), 0);
+  EXPECT_EQ(store_.datasyncs_submitted(), 1) << "part of it may have landed: the next one syncs";
+}
+
+TEST_F(WriteThroughFailureTest, WithUnsyncedWritesBeforeItTheDiskFails) {
+  commit_.NoteWriteCompleted();  // Completed, not yet durable: the failed flush covered it.
+  FailOne();
+  EXPECT_TRUE(commit_.failed());
+  EXPECT_EQ(Durable(), EIO);
+  EXPECT_EQ(store_.datasyncs_submitted(), 0) << "a datasync retried into a success";
+  EXPECT_FALSE(commit_.ShouldWriteThrough(true, true));
+}
+
+TEST_F(WriteThroughFailureTest, WithAWriteCompletedWhileItRanTheDiskFails) {
+  commit_.NoteWriteThroughStarted();
+  commit_.NoteWriteCompleted();
+  commit_.NoteWriteThroughCompleted(base::Status::Error(EIO, "write-through"));
+  EXPECT_TRUE(commit_.failed());
+}
+
+TEST_F(WriteThroughFailureTest, WhileADatasyncRunsTheDiskFails) {
+  commit_.NoteWriteCompleted();
+  bool synced = false;
+  commit_.RequestDurable([&](base::Status st) { synced = st.ok(); });  // Running.
+  FailOne();
+  EXPECT_TRUE(commit_.failed());
+}
+
 }  // namespace
 }  // namespace mirror

@@ -61,16 +61,33 @@ class MirroredVolumeTest : public ::testing::Test {
 TEST_F(MirroredVolumeTest, SyncWriteWaitsForLocalDatasyncAndPeerConfirmation) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(4096, 1);
+  // Alone: written through. The second is not alone: a plain write and a datasync.
+  ASSERT_TRUE(volume.Write(65536, data, false, [](base::Status) {}).ok());
   bool replied = false;
   ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { replied = st.ok(); }).ok());
-  ASSERT_EQ(peer_.ops.size(), 1u);
-  EXPECT_TRUE(peer_.ops.front().durable) << "sync mode must ask the peer for durability";
+  ASSERT_EQ(peer_.ops.size(), 2u);
+  EXPECT_TRUE(peer_.ops.back().durable) << "sync mode must ask the peer for durability";
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
   EXPECT_FALSE(replied);
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
   EXPECT_FALSE(replied) << "replied before the peer confirmed";
   peer_.Answer(PeerOutcome::kConfirmed);
+  peer_.Answer(PeerOutcome::kConfirmed);
   EXPECT_TRUE(replied);
+}
+
+TEST_F(MirroredVolumeTest, LoneSyncWriteIsWrittenThroughAndWaitsForThePeer) {
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  auto data = Bytes(4096, 2);
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { replied = st.ok(); }).ok());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
+  EXPECT_EQ(store_.durable()[0], std::byte{2});
+  EXPECT_FALSE(replied) << "replied before the peer confirmed";
+  peer_.Answer(PeerOutcome::kConfirmed);
+  EXPECT_TRUE(replied);
+  EXPECT_EQ(store_.datasyncs_submitted(), 0);
 }
 
 TEST_F(MirroredVolumeTest, PeerConfirmationAloneIsNotEnough) {
@@ -136,10 +153,17 @@ TEST_F(MirroredVolumeTest, SyncFlushAfterAFailedWriteSyncsLocally) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(4096, 10);
   base::Status result;
+  bool other_replied = false;
+  // The first, alone, is written through; the second, not alone, is a plain write (whose
+  // failure is that request's error; a write-through's would fail the disk).
+  ASSERT_TRUE(volume.Write(65536, data, false, [&](base::Status) { other_replied = true; }).ok());
   ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { result = st; }).ok());
-  ASSERT_TRUE(store_.FailOldest(EIO));
+  ASSERT_TRUE(store_.FailOldestOf(FakeStore::Kind::kWrite, EIO));
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
   peer_.Answer(PeerOutcome::kConfirmed);
-  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return !result.ok(); }));
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return !result.ok() && other_replied; }));
+  EXPECT_FALSE(volume.disk_failed()) << "a failed plain write is that request's error only";
   bool flushed = false;
   ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
   EXPECT_TRUE(peer_.ops.empty());
@@ -168,27 +192,47 @@ TEST_F(MirroredVolumeTest, SyncsAheadOnlyForALoneWriteOfAClientThatFlushes) {
   FlushToTheEnd(io_, volume, store_, peer_);  // The client flushes after each write.
   // Two writes in flight: neither local completion may start a datasync ahead.
   uint64_t before = store_.datasyncs_submitted();
+  // (The first, alone at its start, is written through: the FLUSH is expected after it.)
   ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
   ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
-  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
   EXPECT_EQ(store_.datasyncs_submitted(), before) << "synced ahead with another write in flight";
   peer_.Answer(PeerOutcome::kConfirmed);
   peer_.Answer(PeerOutcome::kConfirmed);
   FlushToTheEnd(io_, volume, store_, peer_);  // Now it flushes after two writes.
-  // Alone in flight, but the first of two: no; the second: yes.
+  // Alone in flight, but the first of two: a plain write; the second: written through, and
+  // the FLUSH that follows needs no datasync of its own.
   before = store_.datasyncs_submitted();
+  const uint64_t through_before = volume.group_commit().write_through_count();
   ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  EXPECT_EQ(store_.pending_count(FakeStore::Kind::kWriteThrough), 0u);
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
   EXPECT_EQ(store_.datasyncs_submitted(), before);
   peer_.Answer(PeerOutcome::kConfirmed);
   ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough))
+      << "the last write before the expected FLUSH was not written through";
+  EXPECT_EQ(volume.group_commit().write_through_count(), through_before + 1);
+  peer_.Answer(PeerOutcome::kConfirmed);
+  FlushToTheEnd(io_, volume, store_, peer_);
+  EXPECT_EQ(store_.datasyncs_submitted(), before + 1)
+      << "one datasync, for the plain write, and none for the write-through";
+  // The same pattern but the last write shares its flight with another at submission: plain
+  // writes, and the datasync starts ahead when the last completes alone.
+  before = store_.datasyncs_submitted();
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  EXPECT_EQ(store_.pending_count(FakeStore::Kind::kWriteThrough), 0u);
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  peer_.Answer(PeerOutcome::kConfirmed);
+  testing_support::Drain(io_);
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
   EXPECT_EQ(store_.datasyncs_submitted(), before + 1) << "no datasync ahead of the expected FLUSH";
   EXPECT_EQ(volume.group_commit().sync_ahead_count(), 1u);
 }
 
-TEST_F(MirroredVolumeTest, SyncModeWritesStartTheirOwnDatasyncNotOneAhead) {
+TEST_F(MirroredVolumeTest, LoneSyncModeWritesAreWrittenThroughNotSyncedAhead) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(4096, 12);
   for (int i = 0; i < 3; ++i) {
@@ -199,7 +243,8 @@ TEST_F(MirroredVolumeTest, SyncModeWritesStartTheirOwnDatasyncNotOneAhead) {
     ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return replied; }));
     FlushToTheEnd(io_, volume, store_, peer_);
   }
-  EXPECT_EQ(store_.datasyncs_submitted(), 3);
+  EXPECT_EQ(store_.datasyncs_submitted(), 0);
+  EXPECT_EQ(volume.group_commit().write_through_count(), 3u);
   EXPECT_EQ(volume.group_commit().sync_ahead_count(), 0u);
 }
 

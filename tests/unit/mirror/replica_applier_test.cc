@@ -49,6 +49,7 @@ class FakeLink final : public transport::FrameLink {
       pb::Ack ack;
       ASSERT_TRUE(ack.ParseFromString(message.SerializeAsString()));
       acked.push_back(ack.seq());
+      ack_errors += ack.error() != 0 ? 1 : 0;
     }
   }
   void Close(base::Status why) override {
@@ -58,6 +59,7 @@ class FakeLink final : public transport::FrameLink {
   bool closed() const override { return closed_; }
 
   std::vector<uint64_t> acked;
+  uint64_t ack_errors = 0;
   std::string close_reason;
 
  private:
@@ -79,10 +81,12 @@ class ReplicaApplierTest : public ::testing::Test {
     return link;
   }
 
-  // A non-durable Write of `length` bytes of `fill` at `offset`, numbered `seq`.
-  transport::Frame Write(uint64_t seq, uint64_t offset, uint64_t length, std::byte fill) {
+  // A Write of `length` bytes of `fill` at `offset`, numbered `seq` (durable: mode sync, FUA).
+  transport::Frame Write(uint64_t seq, uint64_t offset, uint64_t length, std::byte fill,
+                         bool durable = false) {
     pb::Write write;
     write.set_seq(seq);
+    write.set_durable(durable);
     write.set_offset_bytes(offset);
     write.set_length_bytes(static_cast<uint32_t>(length));
     const std::string message = write.SerializeAsString();
@@ -157,6 +161,46 @@ TEST_F(ReplicaApplierTest, EachLinkStartsItsOwnSequence) {
   CompleteAll();
   EXPECT_FALSE(second->closed());
   EXPECT_EQ(second->acked, (std::vector<uint64_t>{42}));
+}
+
+TEST_F(ReplicaApplierTest, ADurableWriteAloneIsWrittenThroughAndAckedWithoutADatasync) {
+  auto link = Attach();
+  applier_.OnFrame(Write(1, 0, 4096, std::byte{5}, /*durable=*/true));
+  ASSERT_EQ(data_.pending_count(FakeStore::Kind::kWriteThrough), 1u);
+  Drain(io_);
+  EXPECT_TRUE(link->acked.empty()) << "acknowledged before the store completed the write";
+  ASSERT_TRUE(data_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
+  Drain(io_);
+  EXPECT_EQ(link->acked, (std::vector<uint64_t>{1}));
+  EXPECT_EQ(data_.durable()[0], std::byte{5});
+  EXPECT_EQ(data_.datasyncs_submitted(), 0);
+}
+
+TEST_F(ReplicaApplierTest, DurableWritesAmongOthersWaitForADatasync) {
+  auto link = Attach();
+  applier_.OnFrame(Write(1, 0, 4096, std::byte{5}, /*durable=*/true));  // Alone: through.
+  applier_.OnFrame(Write(2, 4096, 4096, std::byte{6}, /*durable=*/true));
+  applier_.OnFrame(Write(3, 8192, 4096, std::byte{7}, /*durable=*/true));
+  EXPECT_EQ(data_.pending_count(FakeStore::Kind::kWriteThrough), 1u);
+  EXPECT_EQ(data_.pending_count(FakeStore::Kind::kWrite), 2u);
+  ASSERT_TRUE(data_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  ASSERT_TRUE(data_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  Drain(io_);
+  EXPECT_TRUE(link->acked.empty()) << "a durable write acknowledged before its datasync";
+  CompleteAll();
+  EXPECT_GE(data_.datasyncs_submitted(), 1);
+  EXPECT_EQ(link->acked.size(), 3u);
+  EXPECT_EQ(data_.durable()[8192], std::byte{7});
+}
+
+TEST_F(ReplicaApplierTest, AFailedLoneWriteThroughFailsItsWriteNotTheDisk) {
+  auto link = Attach();
+  applier_.OnFrame(Write(1, 0, 4096, std::byte{5}, /*durable=*/true));
+  ASSERT_TRUE(data_.FailOldestOf(FakeStore::Kind::kWriteThrough, EIO));
+  Drain(io_);
+  EXPECT_EQ(link->acked, (std::vector<uint64_t>{1}));
+  EXPECT_EQ(link->ack_errors, 1u) << "the failure was not reported to the primary";
+  EXPECT_FALSE(applier_.disk_failed());
 }
 
 }  // namespace

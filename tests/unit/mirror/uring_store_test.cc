@@ -104,6 +104,28 @@ TEST_P(UringStoreTest, UnalignedWriteReadsBackThroughTheBufferedPath) {
   EXPECT_EQ(std::memcmp(dst.data(), src.data(), src.size()), 0);
 }
 
+// RWF_DSYNC on both paths (O_DIRECT for aligned requests, the page cache for the others): the
+// data reads back; that the kernel flushed it before completing is its promise, not testable
+// here short of pulling the power.
+TEST_P(UringStoreTest, WriteThroughReadsBackOnBothPaths) {
+  AlignedBuffer in(64 * 1024), out(64 * 1024);
+  Fill(in.span(), 5);
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->WriteThrough(8192, in.span(), d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(8192, out.span(), d); }).ok());
+  EXPECT_EQ(std::memcmp(in.data, out.data, in.size), 0);
+  auto src = in.span().subspan(5, 3001);
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->WriteThrough(777, src, d); }).ok());
+  auto dst = out.span().subspan(0, 3001);
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(777, dst, d); }).ok());
+  EXPECT_EQ(std::memcmp(dst.data(), src.data(), src.size()), 0);
+  bool called = false;
+  base::Status st =
+      store_->WriteThrough(kSize - 512, in.span(), [&](base::Status) { called = true; });
+  EXPECT_EQ(st.errno_value(), EINVAL) << "past the end";
+  testing_support::Drain(io_);
+  EXPECT_FALSE(called);
+}
+
 TEST_P(UringStoreTest, ZeroRangeAndDiscardReadAsZeroes) {
   AlignedBuffer in(1 << 20), out(1 << 20);
   Fill(in.span(), 3);

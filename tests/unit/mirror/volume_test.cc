@@ -50,16 +50,95 @@ TEST_F(VolumeTest, DisjointWritesRunConcurrently) {
   store_.CompleteAll();
 }
 
-TEST_F(VolumeTest, FuaWriteIsRepliedOnlyWhenDurable) {
+TEST_F(VolumeTest, FuaWriteAmongOthersIsRepliedOnlyWhenDurable) {
   auto a = Bytes(512, 7);
+  ASSERT_TRUE(volume_.Write(8192, a, false, [](base::Status) {}).ok());
   bool replied = false;
   ASSERT_TRUE(volume_.Write(0, a, true, [&](base::Status st) { replied = st.ok(); }).ok());
+  EXPECT_EQ(store_.pending_count(FakeStore::Kind::kWriteThrough), 0u)
+      << "written through with another write in flight (group commit is cheaper then)";
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
   EXPECT_FALSE(replied) << "FUA replied before a datasync";
   ASSERT_EQ(store_.pending_count(FakeStore::Kind::kDatasync), 1u);
   ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
   EXPECT_TRUE(replied);
   EXPECT_EQ(store_.durable()[0], std::byte{7});
+}
+
+TEST_F(VolumeTest, LoneFuaWriteIsWrittenThroughWithoutADatasync) {
+  auto a = Bytes(512, 8);
+  bool replied = false;
+  ASSERT_TRUE(volume_.Write(0, a, true, [&](base::Status st) { replied = st.ok(); }).ok());
+  ASSERT_EQ(store_.pending_count(FakeStore::Kind::kWriteThrough), 1u);
+  EXPECT_EQ(store_.pending_count(FakeStore::Kind::kWrite), 0u);
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
+  EXPECT_TRUE(replied);
+  EXPECT_EQ(store_.durable()[0], std::byte{8});
+  EXPECT_EQ(store_.datasyncs_submitted(), 0);
+  EXPECT_EQ(volume_.group_commit().write_through_count(), 1u);
+  // A FLUSH after it has nothing left to sync.
+  bool flushed = false;
+  ASSERT_TRUE(volume_.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+  EXPECT_EQ(store_.datasyncs_submitted(), 0);
+}
+
+TEST_F(VolumeTest, AFlushStillCoversPlainWritesCompletedBeforeAWriteThrough) {
+  auto a = Bytes(512, 1), b = Bytes(512, 2);
+  ASSERT_TRUE(volume_.Write(0, a, false, [](base::Status) {}).ok());
+  store_.CompleteAll();  // Completed, not durable.
+  ASSERT_TRUE(volume_.Write(4096, b, true, [](base::Status) {}).ok());
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
+  EXPECT_EQ(store_.durable()[0], std::byte{0}) << "the write-through made another write durable";
+  bool flushed = false;
+  ASSERT_TRUE(volume_.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  testing_support::Drain(io_);
+  EXPECT_FALSE(flushed) << "a FLUSH skipped the datasync a plain write still needed";
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kDatasync));
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+  EXPECT_EQ(store_.durable()[0], std::byte{1});
+  EXPECT_EQ(store_.durable()[4096], std::byte{2});
+}
+
+TEST_F(VolumeTest, AFailedLoneWriteThroughFailsItsRequestNotTheDisk) {
+  auto a = Bytes(512, 3);
+  base::Status written;
+  ASSERT_TRUE(volume_.Write(0, a, true, [&](base::Status st) { written = st; }).ok());
+  ASSERT_TRUE(store_.FailOldestOf(FakeStore::Kind::kWriteThrough, EIO));
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return !written.ok(); }));
+  EXPECT_EQ(written.errno_value(), EIO);
+  EXPECT_FALSE(volume_.disk_failed());
+  bool flushed = false;
+  ASSERT_TRUE(volume_.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  ASSERT_EQ(store_.pending_count(FakeStore::Kind::kDatasync), 1u)
+      << "part of the failed write may sit in a cache";
+  store_.CompleteAll();
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+}
+
+TEST_F(VolumeTest, AFailedWriteThroughWithAnotherWriteUnsyncedFailsTheDisk) {
+  // Its error may have come from a flush that also covered the other write: as after a failed
+  // datasync, no later FLUSH may report success.
+  auto a = Bytes(512, 3);
+  base::Status written;
+  ASSERT_TRUE(volume_.Write(0, a, true, [&](base::Status st) { written = st; }).ok());
+  ASSERT_TRUE(volume_.Write(8192, a, false, [](base::Status) {}).ok());  // Plain: not alone.
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWrite));
+  ASSERT_TRUE(store_.FailOldestOf(FakeStore::Kind::kWriteThrough, EIO));
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return !written.ok(); }));
+  EXPECT_TRUE(volume_.disk_failed());
+  base::Status flushed = base::Status::Ok();
+  bool done = false;
+  ASSERT_TRUE(volume_
+                  .Flush([&](base::Status st) {
+                    flushed = st;
+                    done = true;
+                  })
+                  .ok());
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return done; }));
+  EXPECT_EQ(flushed.errno_value(), EIO);
+  EXPECT_EQ(store_.datasyncs_submitted(), 0);
 }
 
 TEST_F(VolumeTest, FlushCoversEveryCompletedWrite) {

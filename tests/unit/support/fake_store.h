@@ -3,11 +3,14 @@
 //
 // Writes land in `data()` when they complete. A datasync snapshots `data()` at submission (what
 // it covers) and, when completed, publishes that snapshot as `durable()`: exactly the contract
-// of a real fdatasync. Tests hold operations back to create the orderings they want to check.
+// of a real fdatasync. A write-through lands in both `data()` and `durable()` when it completes
+// (a datasync completing after it keeps it there). Tests hold operations back to create the
+// orderings they want to check.
 
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "base/asio.h"
@@ -17,7 +20,7 @@ namespace testing_support {
 
 class FakeStore final : public mirror::LocalStore {
  public:
-  enum class Kind { kRead, kWrite, kDatasync, kZero };
+  enum class Kind { kRead, kWrite, kWriteThrough, kDatasync, kZero };
   struct Pending {
     Kind kind;
     uint64_t offset_bytes;
@@ -48,16 +51,42 @@ class FakeStore final : public mirror::LocalStore {
     }, std::move(done));
     return base::Status::Ok();
   }
+  base::Status WriteThrough(uint64_t offset, std::span<const std::byte> in,
+                            mirror::StoreDone done) override {
+    std::vector<std::byte> copy(in.begin(), in.end());
+    Push(
+        Kind::kWriteThrough, offset, in.size(),
+        [this, offset, copy] {
+          std::memcpy(data_.data() + offset, copy.data(), copy.size());
+          if (fail_datasync_) {
+            return base::Status::Error(EIO, "fake write-through failure (its flush)");
+          }
+          std::memcpy(durable_.data() + offset, copy.data(), copy.size());
+          written_through_.push_back({offset, copy});
+          return base::Status::Ok();
+        },
+        std::move(done));
+    return base::Status::Ok();
+  }
   base::Status Datasync(mirror::StoreDone done) override {
     ++datasyncs_submitted_;
     auto snapshot = data_;
-    Push(Kind::kDatasync, 0, 0, [this, snapshot] {
-      if (fail_datasync_) {
-        return base::Status::Error(EIO, "fake datasync failure");
-      }
-      durable_ = snapshot;
-      return base::Status::Ok();
-    }, std::move(done));
+    const size_t through_before = written_through_.size();
+    Push(
+        Kind::kDatasync, 0, 0,
+        [this, snapshot, through_before] {
+          if (fail_datasync_) {
+            return base::Status::Error(EIO, "fake datasync failure");
+          }
+          durable_ = snapshot;
+          // Write-throughs completed since the snapshot are durable already, and newer.
+          for (size_t i = through_before; i < written_through_.size(); ++i) {
+            const auto& [offset, bytes] = written_through_[i];
+            std::memcpy(durable_.data() + offset, bytes.data(), bytes.size());
+          }
+          return base::Status::Ok();
+        },
+        std::move(done));
     return base::Status::Ok();
   }
   base::Status Discard(uint64_t offset, uint64_t length, mirror::StoreDone done) override {
@@ -93,15 +122,15 @@ class FakeStore final : public mirror::LocalStore {
     while (CompleteOldest()) {
     }
   }
-  // Fails the oldest pending operation with `errno_value` without applying it.
-  bool FailOldest(int errno_value) {
-    if (pending_.empty()) {
-      return false;
+  // Fails the oldest pending operation (of `kind`) with `errno_value` without applying it.
+  bool FailOldest(int errno_value) { return FailAt(0, errno_value); }
+  bool FailOldestOf(Kind kind, int errno_value) {
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      if (pending_[i].kind == kind) {
+        return FailAt(i, errno_value);
+      }
     }
-    Pending p = std::move(pending_.front());
-    pending_.pop_front();
-    p.done(base::Status::Error(errno_value, "fake failure"));
-    return true;
+    return false;
   }
 
   size_t pending_count() const { return pending_.size(); }
@@ -122,6 +151,15 @@ class FakeStore final : public mirror::LocalStore {
             mirror::StoreDone done) {
     pending_.push_back({kind, offset, length, std::move(apply), std::move(done)});
   }
+  bool FailAt(size_t i, int errno_value) {
+    if (i >= pending_.size()) {
+      return false;
+    }
+    Pending p = std::move(pending_[i]);
+    pending_.erase(pending_.begin() + static_cast<long>(i));
+    p.done(base::Status::Error(errno_value, "fake failure"));
+    return true;
+  }
   bool CompleteAt(size_t i) {
     if (i >= pending_.size()) {
       return false;
@@ -137,7 +175,8 @@ class FakeStore final : public mirror::LocalStore {
   std::vector<std::byte> durable_;
   std::deque<Pending> pending_;
   int datasyncs_submitted_ = 0;
-  bool fail_datasync_ = false;
+  bool fail_datasync_ = false;  // Datasyncs fail, and so do write-throughs (their flush).
+  std::vector<std::pair<uint64_t, std::vector<std::byte>>> written_through_;
 };
 
 }  // namespace testing_support
