@@ -1502,6 +1502,7 @@ ScheduleResult World::Run() {
   Trace("heal begins");
   S().data.set_datasync_eio_per_mille(0);
   P().data.set_datasync_eio_per_mille(0);
+  w_mangle_ = 0;  // The proxy is fixed: frames sent from now on arrive as sent.
   for (int i = 0; failure_.empty() && !Healed(); ++i) {
     if (i >= kMaxHealSteps || !Step(/*healing=*/true)) {
       Fail("the pair never healed (stuck)");
