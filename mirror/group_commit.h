@@ -19,7 +19,8 @@
 // flight, the datasync starts at once, unasked; the FLUSH that follows joins it. A client that
 // never flushes, or flushes after many writes, never triggers it. The cost when the guess is
 // wrong is one datasync nobody waited for (`sync_ahead_datasyncs` in status). Writes that are
-// durable by themselves (mode sync, FUA) start their own datasync and never sync ahead.
+// durable by themselves (mode sync, FUA) start their own datasync, unless written through
+// (below), and never sync ahead.
 //
 // Writing through: better still than a datasync started at a write's completion is a write
 // that is durable when it completes (LocalStore::WriteThrough, RWF_DSYNC): the kernel issues

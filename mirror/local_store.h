@@ -15,8 +15,9 @@
 //
 // WriteThrough is a Write that is on stable storage by itself when it completes (RWF_DSYNC:
 // the kernel flushes it before reporting), with no Datasync after it; it says nothing about
-// other writes. Its failure cannot be told from a failed Datasync (the write may have failed,
-// or the flush after it), so callers treat it as one.
+// other writes. A failure may be the write's or the flush's (the kernel flushes only after a
+// successful write), and a failed flush may have covered other completed writes too; the
+// caller decides what that means (GroupCommit::NoteWriteThroughCompleted).
 
 #include <cstddef>
 #include <cstdint>
