@@ -256,11 +256,17 @@ part_resync() {
 
 # ---- part 2: cost of dirty tracking -------------------------------------------------------------
 # Both variants run side by side: per repetition a pair with the bitmap and a pair without it are
-# started on identical, fully written copies of one template. Each pair in turn gets a cold pass
-# (just paired: every first write into a region waits for its mark) and then TRACK_WARM_PASSES
-# warm passes back to back (a pair must not idle longer than a clean cycle between passes, or the
-# cycle clears its idle regions and the next pass is cold again). Which pair goes first alternates
-# per repetition, so the disk's drift on a shared VM falls on both sides.
+# started on identical, fully written copies of one template. Their passes interleave: a cold pass
+# of each (just paired: every first write into a region waits for its mark), a settle pass of
+# each, then TRACK_WARM_PASSES warm passes of each, the order of the two alternating from one
+# pass to the next (on off, off on, on off, ...; the other way round in even repetitions). Each
+# on/off ratio so compares two passes run back to back: this virtual disk's speed drifts by 2x
+# over minutes (a pair's first warm pass often runs twice as fast as its fourth), which running
+# one pair's passes and then the other's charged to whichever went second. Both pairs run with
+# a clean cycle (--bitmap-clean-ms) longer than the whole part: a pair idles for the other's
+# pass between its own, and a 5 s cycle would find it idle, clear every region and make its next
+# pass cold again; on a volume that is busy throughout, as here, no cycle clears anything
+# whatever its length (see Replicator), so the warm passes measure that steady state.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # utime + stime of PID
 track_pass() {  # VARIANT PASS REP VOLUME URI PRIMARY_PID STANDBY_PID
   local variant=$1 pass=$2 rep=$3 volume=$4 uri=$5 primary=$6 standby=$7 m0 m1 w0 w1 iops per1000
@@ -300,27 +306,32 @@ part_tracking() {
       cp -- "$template" "$f"
     done
     run_label=track-on-$rep
-    pair "$on_a" "$on_b" flush --skip-initial-sync
+    pair "$on_a" "$on_b" flush --skip-initial-sync --bitmap-clean-ms 3600000
     local on_pa=$pa on_pb=$pb on_uri=$uri
     run_label=track-off-$rep
-    pair "$off_a" "$off_b" flush --skip-initial-sync --no-write-intent-bitmap
+    pair "$off_a" "$off_b" flush --skip-initial-sync --bitmap-clean-ms 3600000 \
+      --no-write-intent-bitmap
     local off_pa=$pa off_pb=$pb off_uri=$uri
     wait_in_sync "$on_a" 60
     wait_in_sync "$off_a" 60
     drop_caches
-    local order=(on off) variant i volume uri pids
-    ((rep % 2 == 0)) && order=(off on)
-    for variant in "${order[@]}"; do
-      if [[ $variant == on ]]; then
-        volume=$on_a uri=$on_uri pids=("$on_pa" "$on_pb")
-      else
-        volume=$off_a uri=$off_uri pids=("$off_pa" "$off_pb")
-      fi
-      track_pass "$variant" cold "$rep" "$volume" "$uri" "${pids[@]}"
-      # Not counted: lets the disk settle after the cold pass's synchronous metadata writes.
-      track_pass "$variant" settle "$rep" "$volume" "$uri" "${pids[@]}"
-      for ((i = 1; i <= TRACK_WARM_PASSES; i++)); do
-        track_pass "$variant" "warm-$i" "$rep" "$volume" "$uri" "${pids[@]}"
+    # The settle pass is not counted: it lets the disk settle after the cold pass's synchronous
+    # metadata writes.
+    local passes=(cold settle) pass variant i k=0 volume uri pids
+    for ((i = 1; i <= TRACK_WARM_PASSES; i++)); do
+      passes+=("warm-$i")
+    done
+    for pass in "${passes[@]}"; do
+      local order=(on off)
+      (((rep + k) % 2 == 0)) && order=(off on)
+      k=$((k + 1))
+      for variant in "${order[@]}"; do
+        if [[ $variant == on ]]; then
+          volume=$on_a uri=$on_uri pids=("$on_pa" "$on_pb")
+        else
+          volume=$off_a uri=$off_uri pids=("$off_pa" "$off_pb")
+        fi
+        track_pass "$variant" "$pass" "$rep" "$volume" "$uri" "${pids[@]}"
       done
     done
     status "$on_a" >"$out/raw/track-on-$rep.status.json"
