@@ -345,6 +345,7 @@ std::vector<StatusField> StatusFields(const Node& node) {
     num("read_bytes", s.read_bytes);
     num("written_bytes", s.written_bytes);
     num("flushes", s.flushes);
+    num("flushes_without_peer", s.flushes_without_peer);
     num("degraded_writes", s.degraded_writes);
     num("errors", s.errors);
     num("datasyncs", node.volume->group_commit().datasync_count());
@@ -433,6 +434,9 @@ constexpr MetricOfField kMetricsOfFields[] = {
     {"read_bytes", "nbdmirror_read_bytes_total", true, 1, "Bytes read by NBD clients."},
     {"written_bytes", "nbdmirror_written_bytes_total", true, 1, "Bytes written by NBD clients."},
     {"flushes", "nbdmirror_flushes_total", true, 1, "NBD FLUSH requests."},
+    {"flushes_without_peer", "nbdmirror_flushes_without_peer_total", true, 1,
+     "Of those, answered without a round trip to the peer: it had confirmed every write before "
+     "them as durable."},
     {"degraded_writes", "nbdmirror_degraded_writes_total", true, 1,
      "Writes acknowledged without the peer (it was lost; their regions stay marked)."},
     {"errors", "nbdmirror_errors_total", true, 1, "Requests that failed with an I/O error."},

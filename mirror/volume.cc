@@ -1,5 +1,6 @@
 #include "mirror/volume.h"
 
+#include <algorithm>
 #include <string>
 
 #include "base/elapsed.h"
@@ -72,14 +73,13 @@ Status Volume::Write(uint64_t offset_bytes, std::span<const std::byte> data, boo
                      nbd::DoneCallback done) {
   ++stats_.writes;
   stats_.written_bytes += data.size();
-  const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, data.size(), fua,
       [this, offset_bytes, data](bool write_through, StoreDone store_done) {
         return write_through ? store_.WriteThrough(offset_bytes, data, std::move(store_done))
                              : store_.Write(offset_bytes, data, std::move(store_done));
       },
-      [this, offset_bytes, data, durable](PeerDone peer_done) {
+      [this, offset_bytes, data](bool durable, PeerDone peer_done) {
         peer_->ReplicateWrite(offset_bytes, data, durable, std::move(peer_done));
       },
       std::move(done), /*fast_zero=*/false, /*may_write_through=*/true);
@@ -88,13 +88,12 @@ Status Volume::Write(uint64_t offset_bytes, std::span<const std::byte> data, boo
 Status Volume::Trim(uint64_t offset_bytes, uint64_t length_bytes, bool fua,
                     nbd::DoneCallback done) {
   ++stats_.trims;
-  const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, length_bytes, fua,
       [this, offset_bytes, length_bytes](bool, StoreDone store_done) {
         return store_.Discard(offset_bytes, length_bytes, std::move(store_done));
       },
-      [this, offset_bytes, length_bytes, durable](PeerDone peer_done) {
+      [this, offset_bytes, length_bytes](bool durable, PeerDone peer_done) {
         peer_->ReplicateZero(offset_bytes, length_bytes, {}, /*discard=*/true, durable,
                              std::move(peer_done));
       },
@@ -104,13 +103,12 @@ Status Volume::Trim(uint64_t offset_bytes, uint64_t length_bytes, bool fua,
 Status Volume::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes,
                            nbd::ZeroOptions options, bool fua, nbd::DoneCallback done) {
   ++stats_.zeroes;
-  const bool durable = fua || mode_ == Mode::kSync;
   return Modify(
       offset_bytes, length_bytes, fua,
       [this, offset_bytes, length_bytes, options](bool, StoreDone store_done) {
         return store_.ZeroRange(offset_bytes, length_bytes, options, std::move(store_done));
       },
-      [this, offset_bytes, length_bytes, options, durable](PeerDone peer_done) {
+      [this, offset_bytes, length_bytes, options](bool durable, PeerDone peer_done) {
         // Asked only after the local zeroing was fast (see fast_zero): the peer must follow,
         // fast or not, and never refuses.
         nbd::ZeroOptions peer_options = options;
@@ -200,9 +198,13 @@ void Volume::FanOut(const std::shared_ptr<PendingWrite>& write) {
 }
 
 void Volume::StartPeer(const std::shared_ptr<PendingWrite>& write) {
-  write->peer([this, write](PeerOutcome outcome) {
+  // Written through here because a FLUSH is expected next: durable on the peer too, so that
+  // FLUSH need not ask it.
+  const bool durable = write->durable || write->write_through;
+  write->peer(durable, [this, write, durable](PeerOutcome outcome) {
     if (outcome == PeerOutcome::kConfirmed) {
       stats_.modify_peer.Record(MicrosSince(write->fanned_out));
+      peer_volatile_writes_ += durable ? 0 : 1;
     }
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
@@ -306,10 +308,14 @@ Status Volume::Flush(nbd::DoneCallback done) {
   };
   auto state = std::make_shared<FlushState>();
   state->done = std::move(done);
-  // In mode sync every write replied to before this FLUSH was confirmed durable by the peer
-  // already (or recorded as degraded, its regions marked for resync): nothing is left for the
-  // peer to make durable, so the FLUSH does not wait a round trip for it.
-  const bool ask_peer = peer_ != nullptr && mode_ != Mode::kSync;
+  // Every write replied to before this FLUSH was confirmed by the peer (or recorded as degraded,
+  // its regions marked for resync). If each confirmation said durable (mode sync, FUA, written
+  // through), or a confirmed peer Flush has covered those that did not, nothing is left for the
+  // peer to make durable, so the FLUSH does not wait a round trip for it. A Flush covers what
+  // the peer confirmed before it arrived there: every confirmation counted when it is sent.
+  const bool ask_peer = peer_ != nullptr && peer_volatile_writes_ != peer_volatile_flushed_;
+  const uint64_t volatile_writes = peer_volatile_writes_;
+  stats_.flushes_without_peer += peer_ != nullptr && !ask_peer ? 1 : 0;
   state->peer_done = !ask_peer;
   auto finish = [this, state, arrived] {
     if (!state->local_done || !state->peer_done) {
@@ -331,9 +337,10 @@ Status Volume::Flush(nbd::DoneCallback done) {
     finish();
   });
   if (ask_peer) {
-    peer_->ReplicateFlush([this, state, finish, arrived](PeerOutcome outcome) {
+    peer_->ReplicateFlush([this, state, finish, arrived, volatile_writes](PeerOutcome outcome) {
       if (outcome == PeerOutcome::kConfirmed) {
         stats_.flush_peer.Record(MicrosSince(arrived));
+        peer_volatile_flushed_ = std::max(peer_volatile_flushed_, volatile_writes);
       }
       state->peer_done = true;
       state->peer_aborted = outcome == PeerOutcome::kAborted;

@@ -30,12 +30,16 @@
 //                        and the connection gets `done`, which sends the NBD reply.
 //
 // A failed local write, or a bitmap that cannot be persisted, fails the request with EIO. A failed
-// peer never fails a client's write. FLUSH in mode flush is a local group-committed datasync plus a
-// Flush to the peer; it replies when both are done, so every write replied to before it is durable
-// on both hosts, whichever connection it came from (this is what CAN_MULTI_CONN promises). In mode
-// sync every write was durable on both before its reply, so a FLUSH asks the peer nothing: it only
-// waits for a local datasync if a failed write may have left something unsynced (GroupCommit skips
-// it otherwise).
+// peer never fails a client's write. FLUSH is a local group-committed datasync plus a Flush to the
+// peer; it replies when both are done, so every write replied to before it is durable on both
+// hosts, whichever connection it came from (this is what CAN_MULTI_CONN promises). The peer is
+// asked only if it holds something to make durable: a write that is written through here (alone
+// in flight and a FLUSH expected next) is sent to the peer as durable too, and the volume counts
+// the writes the peer confirmed without durability. Once a confirmed peer Flush covers all of
+// them, the next FLUSH needs no round trip to the peer. A database's commit (one write, then its
+// FLUSH) then costs one peer round trip, not two. In mode sync every write is durable on both
+// before its reply, so no FLUSH asks the peer anything. A FLUSH waits for a local datasync only if
+// something completed here is not yet durable (GroupCommit skips it otherwise).
 //
 // Reads go straight to the local store; NBD does not order reads against in-flight writes.
 //
@@ -76,6 +80,8 @@ struct VolumeStats {
   uint64_t bytes_in_flight = 0;
   uint64_t range_waits = 0;  // Writes that had to wait for an overlapping one.
   uint64_t degraded_writes = 0;  // Acknowledged without the peer.
+  // FLUSHes that asked the peer nothing: it had confirmed every write before them as durable.
+  uint64_t flushes_without_peer = 0;
 
   // Where the time goes, as /proc/diskstats counts it: each histogram's count and sum of
   // microseconds are monotonic, so the mean over an interval is the difference of the sum divided
@@ -138,7 +144,8 @@ class Volume final : public nbd::BlockDevice {
   struct PendingWrite;
   // `write_through`: submit it as LocalStore::WriteThrough (only WRITE is ever asked to).
   using StoreCall = std::function<base::Status(bool write_through, StoreDone)>;
-  using PeerCall = std::function<void(PeerDone)>;
+  // `durable`: the peer must make it durable before it confirms.
+  using PeerCall = std::function<void(bool durable, PeerDone)>;
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
                       PeerCall peer, nbd::DoneCallback done, bool fast_zero = false,
@@ -160,6 +167,10 @@ class Volume final : public nbd::BlockDevice {
   VolumeStats stats_;
   base::RecentLatency recent_modify_;
   base::RecentLatency recent_flush_;
+  // Writes (and zeroes, trims) the peer confirmed without making them durable, and how many of
+  // those a confirmed peer Flush has covered: equal, and a FLUSH has nothing to ask the peer.
+  uint64_t peer_volatile_writes_ = 0;
+  uint64_t peer_volatile_flushed_ = 0;
 };
 
 }  // namespace mirror

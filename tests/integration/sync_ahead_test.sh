@@ -9,8 +9,10 @@
 # Then 400 random 4 KiB writes one at a time, each followed by a FLUSH (fsync=1), with verify:
 # on each host most of those writes must have been written through (`write_through_writes` at
 # least half the FLUSHes: each is alone in flight, and the one FLUSH pattern predicts the next),
-# and the datasyncs must not outnumber the FLUSHes. The FLUSH is mirrored in mode flush, so the
-# standby sees the same pattern. Then both stop cleanly and the files are compared.
+# and the datasyncs must not outnumber the FLUSHes. The standby writes through the writes the
+# primary wrote through (they come to it as durable), so most FLUSHes need not ask it
+# (`flushes_without_peer` at least half the FLUSHes; the standby's `apply_flush_done` counts
+# the others). Then both stop cleanly and the files are compared.
 
 # shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
@@ -59,6 +61,8 @@ nm_log "2000 writes without FLUSH: no write-through, no datasync ahead on either
 
 # ---- a write, a FLUSH, a write, a FLUSH, ... ---------------------------------------------------
 flushes_a0=$(field "$a" flushes)
+flushes_b0=$(field "$b" apply_flush_done)
+without_peer_a0=$(field "$a" flushes_without_peer)
 syncs_a0=$(field "$a" datasyncs)
 syncs_b0=$(field "$b" datasyncs)
 run_fio fsync --iodepth=1 --fsync=1 --number_ios=400 --offset=32M --verify=crc32c \
@@ -80,6 +84,17 @@ for side in "$a" "$b"; do
     nm_fail "${name}: ${syncs} datasyncs for ${flushes} FLUSHes"
   nm_log "${name}: ${flushes} FLUSHes after single writes: ${through} writes written through, ${syncs} datasyncs (${ahead} started ahead)"
 done
+# A written-through write goes to the standby as durable, so the FLUSH after it has nothing to
+# ask the standby: most FLUSHes must be answered without a round trip to it. Those that did ask
+# it are what the standby received.
+without_peer=$(($(field "$a" flushes_without_peer) - without_peer_a0))
+((without_peer * 2 >= flushes)) ||
+  nm_fail "only ${without_peer} of ${flushes} FLUSHes were answered without asking the standby"
+asked=$(($(field "$b" apply_flush_done) - flushes_b0))
+# (Plus, at most, a bitmap clean cycle's Flush, should one end between fio's end and the reads.)
+((asked >= flushes - without_peer && asked <= flushes - without_peer + 1)) ||
+  nm_fail "the standby got ${asked} Flushes; the primary asked it for $((flushes - without_peer))"
+nm_log "${without_peer} of ${flushes} FLUSHes answered without a round trip to the standby; it got ${asked}"
 
 nm_stop_clean "$primary" "the primary"
 nm_stop_clean "$standby" "the standby"

@@ -982,6 +982,10 @@ void World::Tally() {
   result_.cleared_regions += primary_->log->stats().cleared_regions;
   result_.sync_aheads += primary_->volume->group_commit().sync_ahead_count();
   result_.write_throughs += primary_->volume->group_commit().write_through_count();
+  if (mode_ == mirror::Mode::kFlush) {
+    // (In mode sync no FLUSH ever asks the peer: only mode flush decides.)
+    result_.flushes_without_peer += primary_->volume->stats().flushes_without_peer;
+  }
 }
 
 void World::TallySecondary() {

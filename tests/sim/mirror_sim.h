@@ -53,6 +53,8 @@ struct ScheduleResult {
   uint64_t primary_disk_failures = 0;  // Primary restarts after a failed datasync.
   uint64_t sync_aheads = 0;      // Datasyncs the primary started ahead of an expected FLUSH.
   uint64_t write_throughs = 0;   // Writes either host made durable by themselves (RWF_DSYNC).
+  // FLUSHes in mode flush answered without asking the peer (it held every write durably).
+  uint64_t flushes_without_peer = 0;
   // The path the schedule took: a hash of its whole trace, and the trace's length.
   uint64_t trace_hash = 0;
   uint64_t trace_lines = 0;

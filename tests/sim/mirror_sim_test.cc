@@ -134,6 +134,7 @@ Sweep RunSweep(Variant variant, uint64_t schedules,
     sweep.totals.primary_disk_failures += result.primary_disk_failures;
     sweep.totals.sync_aheads += result.sync_aheads;
     sweep.totals.write_throughs += result.write_throughs;
+    sweep.totals.flushes_without_peer += result.flushes_without_peer;
     if (!result.ok) {
       sweep.first_failure = std::move(result);
       sweep.failing_seed = seed;
@@ -150,7 +151,8 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       "failover checks, %llu failovers, %llu steps holding writes for the peer, %llu bytes rotted "
       "on the standby, %llu verifies that found differences, %llu frames duplicated or "
       "reordered, %llu links dropped by the ack timeout, %llu standby and %llu primary restarts "
-      "after a failed datasync, %llu datasyncs ahead of a FLUSH, %llu write-throughs\n",
+      "after a failed datasync, %llu datasyncs ahead of a FLUSH, %llu write-throughs, %llu FLUSHes "
+      "in mode flush without the peer\n",
       static_cast<unsigned long long>(sweep.schedules), std::chrono::duration<double>(took).count(),
       static_cast<unsigned long long>(sweep.totals.acked_writes),
       static_cast<unsigned long long>(sweep.totals.primary_crashes),
@@ -169,13 +171,15 @@ void PrintTotals(const Sweep& sweep, std::chrono::steady_clock::duration took) {
       static_cast<unsigned long long>(sweep.totals.standby_disk_failures),
       static_cast<unsigned long long>(sweep.totals.primary_disk_failures),
       static_cast<unsigned long long>(sweep.totals.sync_aheads),
-      static_cast<unsigned long long>(sweep.totals.write_throughs));
+      static_cast<unsigned long long>(sweep.totals.write_throughs),
+      static_cast<unsigned long long>(sweep.totals.flushes_without_peer));
 }
 
 // A sweep that passes proves something only if its schedules did what they claim: crashed both
 // hosts, cut the link, resynced, cleaned the bitmap, checked failovers, failed over, held writes
 // under `block`, repaired bit rot through verify, mangled frames, timed out Acks, restarted a
-// standby or a primary whose datasync failed, synced ahead, wrote through. A
+// standby or a primary whose datasync failed, synced ahead, wrote through, answered a FLUSH
+// in mode flush without the peer. A
 // change that quietly stopped any of these (a weight gone to zero, a heal that skips the resync)
 // would otherwise leave the sweep green.
 void ExpectEveryFaultExercised(const Sweep& sweep) {
@@ -200,6 +204,7 @@ void ExpectEveryFaultExercised(const Sweep& sweep) {
   EXPECT_GT(sweep.totals.primary_disk_failures, 0u);
   EXPECT_GT(sweep.totals.sync_aheads, 0u);
   EXPECT_GT(sweep.totals.write_throughs, 0u);
+  EXPECT_GT(sweep.totals.flushes_without_peer, 0u);
 }
 
 TEST(MirrorSimTest, EveryAcknowledgedWriteIsOnBothIdenticalCopiesAfterAnySchedule) {

@@ -232,6 +232,78 @@ TEST_F(MirroredVolumeTest, SyncsAheadOnlyForALoneWriteOfAClientThatFlushes) {
   EXPECT_EQ(volume.group_commit().sync_ahead_count(), 1u);
 }
 
+TEST_F(MirroredVolumeTest, WrittenThroughWriteIsDurableOnThePeerAndItsFlushAsksThePeerNothing) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(4096, 12);
+  // A plain write, confirmed by the peer without durability: the FLUSH must ask the peer.
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  ASSERT_EQ(peer_.ops.size(), 1u);
+  EXPECT_FALSE(peer_.ops.front().durable);
+  store_.CompleteAll();
+  peer_.Answer(PeerOutcome::kConfirmed);
+  bool flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  ASSERT_EQ(peer_.ops.size(), 1u) << "a FLUSH after a volatile write did not ask the peer";
+  EXPECT_EQ(peer_.ops.front().kind, FakePeerLink::Op::kFlush);
+  store_.CompleteAll();
+  testing_support::Drain(io_);
+  EXPECT_FALSE(flushed) << "answered before the peer flushed";
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+  EXPECT_EQ(volume.stats().flushes_without_peer, 0u);
+  // The client flushes after each write: the next write is written through, here and there.
+  const uint64_t datasyncs = store_.datasyncs_submitted();
+  bool replied = false;
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { replied = st.ok(); }).ok());
+  ASSERT_EQ(peer_.ops.size(), 1u);
+  EXPECT_TRUE(peer_.ops.front().durable) << "written through here but not asked durable there";
+  ASSERT_TRUE(store_.CompleteOldestOf(FakeStore::Kind::kWriteThrough));
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return replied; }));
+  flushed = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st.ok(); }).ok());
+  EXPECT_TRUE(peer_.ops.empty()) << "the peer was asked to flush what it holds durably";
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return flushed; }));
+  EXPECT_EQ(volume.stats().flushes_without_peer, 1u);
+  EXPECT_EQ(store_.datasyncs_submitted(), datasyncs);
+}
+
+TEST_F(MirroredVolumeTest, PeerFlushCoversOnlyTheWritesConfirmedBeforeItWasSent) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(4096, 13);
+  ASSERT_TRUE(volume.Write(0, data, false, [](base::Status) {}).ok());
+  store_.CompleteAll();
+  peer_.Answer(PeerOutcome::kConfirmed);
+  bool first = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { first = st.ok(); }).ok());
+  // Two more writes, the second not alone in flight (so a plain write), are confirmed before
+  // the first FLUSH's peer part: that Flush was sent before the peer had them.
+  ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  ASSERT_TRUE(volume.Write(16384, data, false, [](base::Status) {}).ok());
+  ASSERT_EQ(peer_.ops.size(), 3u);
+  EXPECT_FALSE(peer_.ops.back().durable);
+  store_.CompleteAll();
+  FakePeerLink::Op flush_op = std::move(peer_.ops.front());
+  peer_.ops.pop_front();
+  peer_.Answer(PeerOutcome::kConfirmed);
+  peer_.Answer(PeerOutcome::kConfirmed);
+  flush_op.done(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return first; }));
+  bool second = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { second = st.ok(); }).ok());
+  ASSERT_EQ(peer_.ops.size(), 1u) << "the third write was never flushed on the peer";
+  EXPECT_EQ(peer_.ops.front().kind, FakePeerLink::Op::kFlush);
+  store_.CompleteAll();  // The local datasync for the plain write.
+  peer_.Answer(PeerOutcome::kConfirmed);
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return second; }));
+  // Both are covered now: a third FLUSH asks nothing.
+  bool third = false;
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { third = st.ok(); }).ok());
+  EXPECT_TRUE(peer_.ops.empty());
+  ASSERT_TRUE(testing_support::RunUntil(io_, [&] { return third; }));
+  EXPECT_EQ(volume.stats().flushes_without_peer, 1u);
+}
+
 TEST_F(MirroredVolumeTest, LoneSyncModeWritesAreWrittenThroughNotSyncedAhead) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(4096, 12);
