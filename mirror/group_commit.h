@@ -76,6 +76,9 @@ class GroupCommit {
   // A client FLUSH arrived (before it calls RequestDurable): what syncing ahead predicts from.
   void NoteFlush();
   void RequestDurable(StoreDone done);
+  // Every completed write is durable and no datasync has failed: RequestDurable would only
+  // post its callback.
+  bool AllDurable() const { return completed_writes_ == durable_writes_ && !failed(); }
 
   bool failed() const { return !failure_.ok(); }
   const base::Status& failure() const { return failure_; }

@@ -4,7 +4,9 @@
 // Contract for every submit call below:
 // - It is called on the event loop thread that owns the device, and only there.
 // - It either returns a failed Status and never calls `done`, or returns OK and calls `done`
-//   exactly once, later, from the same loop (never from inside the submit call).
+//   exactly once, later, from the same loop (never from inside the submit call). One
+//   exception: a Flush with nothing to wait for (every write it covers is already durable)
+//   may call `done` with success before it returns, saving a trip round the loop.
 // - Buffers passed in are borrowed: the caller keeps them alive and untouched until `done`
 //   runs.
 // - Ranges have already been validated against size_bytes() by the caller; implementations

@@ -535,8 +535,45 @@ void NbdConnection::ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::
 }
 
 void NbdConnection::QueueReply(PendingReply reply) {
+  if (TrySendAtOnce(reply)) {
+    return;
+  }
   replies_.push_back(std::move(reply));
   writer_wakeup_.Notify();
+}
+
+// The reply to a connection's only request in flight has nothing to share a send with: it goes
+// out from here, without waking the writer, which would cost a trip round the loop at queue
+// depth 1. With other requests in flight their replies are batched by the writer instead. Whatever
+// the socket does not take now (or any error) is left to the writer, which sends the rest first and
+// reports errors.
+bool NbdConnection::TrySendAtOnce(PendingReply& reply) {
+  if (in_flight_ != 1 || !replies_.empty() || sending_ || socket_broken_ || writer_exit_) {
+    return false;
+  }
+  boost::system::error_code ec;
+  if (!socket_.non_blocking()) {
+    socket_.non_blocking(true, ec);
+    if (ec) {
+      return false;
+    }
+  }
+  const std::array<asio::const_buffer, 3> buffers{
+      asio::buffer(reply.header.data(), reply.header_bytes),
+      asio::buffer(reply.data.data(), reply.data.size()),
+      asio::buffer(reply.extra.data(), reply.extra.size())};
+  const size_t total = asio::buffer_size(buffers);
+  const size_t sent = socket_.write_some(buffers, ec);
+  if (ec) {
+    return false;
+  }
+  ++sends_;
+  if (sent < total) {
+    reply.sent_bytes = sent;
+    return false;
+  }
+  ReleaseSlot(reply.slot);
+  return true;
 }
 
 asio::awaitable<void> NbdConnection::WriteReplies() {
@@ -557,12 +594,17 @@ asio::awaitable<void> NbdConnection::WriteReplies() {
       replies_.pop_front();
     }
     for (const PendingReply& reply : batch) {
-      buffers.emplace_back(reply.header.data(), reply.header_bytes);
-      if (!reply.data.empty()) {
-        buffers.emplace_back(reply.data.data(), reply.data.size());
-      }
-      if (!reply.extra.empty()) {
-        buffers.emplace_back(reply.extra.data(), reply.extra.size());
+      // Only the first reply of a batch can have been partly sent (by TrySendAtOnce).
+      size_t skip = reply.sent_bytes;
+      for (asio::const_buffer part : {asio::const_buffer(reply.header.data(), reply.header_bytes),
+                                      asio::const_buffer(reply.data.data(), reply.data.size()),
+                                      asio::const_buffer(reply.extra.data(), reply.extra.size())}) {
+        const size_t skipped = std::min(skip, part.size());
+        skip -= skipped;
+        part += skipped;
+        if (part.size() > 0) {
+          buffers.push_back(part);
+        }
       }
     }
     if (!socket_broken_) {

@@ -73,6 +73,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
     size_t header_bytes = 0;
     std::span<const std::byte> data;
     std::vector<std::byte> extra;  // Chunk payloads built here (block status, error text).
+    size_t sent_bytes = 0;         // Already on the socket (a send cut short by a full buffer).
   };
 
   asio::awaitable<base::Status> Negotiate();
@@ -96,6 +97,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   void ReplyReadChunk(size_t slot);
   void ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::string& message);
   void QueueReply(PendingReply reply);
+  bool TrySendAtOnce(PendingReply& reply);
   void ReleaseSlot(size_t slot);
 
   Socket socket_;

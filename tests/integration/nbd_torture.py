@@ -18,6 +18,7 @@ Loopback and Unix sockets only.
 import argparse
 import os
 import random
+import socket
 import struct
 import sys
 import threading
@@ -627,6 +628,35 @@ def read_flood_then_close_without_reading(ctx):
     expect_ok(r, "32 MiB READ after the flood")
     check(r.data == ctx.file_bytes(0, MAX_PAYLOAD), "32 MiB READ after the flood differs")
     c.disconnect()
+
+
+@case
+def reply_cut_short_by_a_full_socket_then_more_requests(ctx):
+    # The reply to a connection's only request goes out from its completion; one bigger than
+    # the socket buffer is cut short there, and the writer sends the rest. Requests that arrive
+    # meanwhile must have their replies queued behind it, never cut into it.
+    offset = ctx.scratch(MIB)
+    length = 16 * MIB
+    for structured in (False, True):
+        c = ctx.open(structured=structured, meta=structured)
+        c.sock.settimeout(30)
+        read_cookie = c.send_request(nbd.CMD_READ, 0, length)
+        # Its reply has begun (the rest waits on the full socket): now send more.
+        check(c.sock.recv(1, socket.MSG_PEEK) != b"", "no reply to a lone 16 MiB READ")
+        payload = ctx.random_bytes(4096)
+        write_cookie = c.send_request(nbd.CMD_WRITE, offset, len(payload), payload=payload)
+        flush_cookie = c.send_request(nbd.CMD_FLUSH)
+        replies = [c.read_reply() for _ in range(3)]
+        check(replies[0].cookie == read_cookie, "a later reply went out before the READ's")
+        expect_ok(replies[0], "16 MiB READ")
+        check(replies[0].data == ctx.file_bytes(0, length), "16 MiB READ differs from the file")
+        check({r.cookie for r in replies[1:]} == {write_cookie, flush_cookie},
+              "replies do not match the WRITE and FLUSH sent")
+        for r in replies[1:]:
+            expect_ok(r, "WRITE or FLUSH sent behind the READ's reply")
+        read_matches_file(ctx, c, offset, len(payload))
+        check(ctx.file_bytes(offset, len(payload)) == payload, "the WRITE did not land")
+        c.disconnect()
 
 
 @case

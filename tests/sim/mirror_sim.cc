@@ -1265,6 +1265,8 @@ void World::SubmitClientOp() {
         (o.fua ? " FUA" : ""));
   auto done = [this, id](const Status& st) { OnClientDone(id, st); };
   mirror::Volume& volume = *primary_->volume;
+  // Counted before the call: a FLUSH with nothing to wait for answers from inside it.
+  ++outstanding_;
   Status st;
   switch (o.kind) {
     case ClientOp::Kind::kWrite:
@@ -1281,11 +1283,10 @@ void World::SubmitClientOp() {
       break;
   }
   if (!st.ok()) {
+    --outstanding_;
     o.state = ClientOp::State::kFailed;
     Trace("client #" + std::to_string(id) + " refused: " + st.ToString());
-    return;
   }
-  ++outstanding_;
 }
 
 void World::OnClientDone(size_t id, const Status& st) {
