@@ -13,7 +13,9 @@
 // everything went out, and what is left otherwise. Returns the first error. Loop thread only;
 // the memory the buffers point to must stay valid until the coroutine resumes.
 
+#include <algorithm>
 #include <cstddef>
+#include <initializer_list>
 #include <vector>
 
 #include "base/asio.h"
@@ -30,6 +32,20 @@ inline void ConsumeBuffers(std::vector<asio::const_buffer>& buffers, size_t byte
   buffers.erase(buffers.begin(), buffers.begin() + static_cast<std::ptrdiff_t>(whole));
   if (bytes > 0) {
     buffers.front() += bytes;
+  }
+}
+
+// Appends the non-empty parts of one message to `buffers`, leaving out its first `skip` bytes:
+// those a send made on the spot already put on the wire.
+inline void AppendUnsent(std::vector<asio::const_buffer>& buffers,
+                         std::initializer_list<asio::const_buffer> parts, size_t skip) {
+  for (asio::const_buffer part : parts) {
+    const size_t skipped = std::min(skip, part.size());
+    skip -= skipped;
+    part += skipped;
+    if (part.size() > 0) {
+      buffers.push_back(part);
+    }
   }
 }
 

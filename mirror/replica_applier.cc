@@ -304,7 +304,12 @@ void ReplicaApplier::SendAck(const WeakLink& link, uint64_t seq, const Status& s
   if (!digest.empty()) {
     ack.set_digest(digest);
   }
-  live->Send(FrameType::kAck, ack);
+  // The last operation in flight: no other ack will join this one soon.
+  if (stats_.ops_in_flight == 0) {
+    live->SendAlone(FrameType::kAck, ack);
+  } else {
+    live->Send(FrameType::kAck, ack);
+  }
 }
 
 void ReplicaApplier::OnClosed(const Status& why) {

@@ -572,6 +572,16 @@ void Replicator::ReleaseHeld() {
   }
 }
 
+void Replicator::SendLive(FrameType type, const google::protobuf::MessageLite& message,
+                          std::span<const std::byte> payload) {
+  // With nothing else awaiting the peer's answer, no other frame is likely to join this one.
+  if (pending_.empty()) {
+    link_->SendAlone(type, message, payload);
+  } else {
+    link_->Send(type, message, payload);
+  }
+}
+
 void Replicator::ReplicateWrite(uint64_t offset_bytes, std::span<const std::byte> data,
                                 bool durable, PeerDone done) {
   SendOrHold(
@@ -581,7 +591,7 @@ void Replicator::ReplicateWrite(uint64_t offset_bytes, std::span<const std::byte
         write.set_offset_bytes(offset_bytes);
         write.set_length_bytes(static_cast<uint32_t>(data.size()));
         write.set_durable(durable);
-        link_->Send(FrameType::kWrite, write, data);
+        SendLive(FrameType::kWrite, write, data);
       },
       std::move(done), /*resync=*/false);
 }
@@ -598,7 +608,7 @@ void Replicator::ReplicateZero(uint64_t offset_bytes, uint64_t length_bytes,
         zero.set_durable(durable);
         zero.set_may_punch_hole(options.may_punch_hole);
         zero.set_discard(discard);
-        link_->Send(FrameType::kZero, zero);
+        SendLive(FrameType::kZero, zero);
       },
       std::move(done), /*resync=*/false);
 }
@@ -608,7 +618,7 @@ void Replicator::ReplicateFlush(PeerDone done) {
       [this](uint64_t seq) {
         pb::Flush flush;
         flush.set_seq(seq);
-        link_->Send(FrameType::kFlush, flush);
+        SendLive(FrameType::kFlush, flush);
       },
       std::move(done), /*resync=*/false);
 }

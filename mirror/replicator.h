@@ -192,6 +192,9 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   asio::awaitable<void> CleanOnce(uint64_t cycle);
   uint64_t NextSeq() { return next_seq_++; }
   bool Streaming() const { return link_ != nullptr && connection_ == ConnectionState::kConnected; }
+  // Sends a client operation's frame (SendAlone when nothing else awaits the peer).
+  void SendLive(transport::FrameType type, const google::protobuf::MessageLite& message,
+                std::span<const std::byte> payload = {});
   void SendOrHold(SendFn send, PeerDone done, bool resync,
                   std::shared_ptr<std::string> digest = nullptr);
   void OnVerifyFinished(const VerifyProgress& result);

@@ -595,17 +595,11 @@ asio::awaitable<void> NbdConnection::WriteReplies() {
     }
     for (const PendingReply& reply : batch) {
       // Only the first reply of a batch can have been partly sent (by TrySendAtOnce).
-      size_t skip = reply.sent_bytes;
-      for (asio::const_buffer part : {asio::const_buffer(reply.header.data(), reply.header_bytes),
-                                      asio::const_buffer(reply.data.data(), reply.data.size()),
-                                      asio::const_buffer(reply.extra.data(), reply.extra.size())}) {
-        const size_t skipped = std::min(skip, part.size());
-        skip -= skipped;
-        part += skipped;
-        if (part.size() > 0) {
-          buffers.push_back(part);
-        }
-      }
+      base::AppendUnsent(buffers,
+                         {asio::buffer(reply.header.data(), reply.header_bytes),
+                          asio::buffer(reply.data.data(), reply.data.size()),
+                          asio::buffer(reply.extra.data(), reply.extra.size())},
+                         reply.sent_bytes);
     }
     if (!socket_broken_) {
       sending_ = true;

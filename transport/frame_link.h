@@ -54,6 +54,12 @@ class FrameLink {
   // Queues a frame. `payload` is borrowed until the frame is sent or the link closes.
   virtual void Send(FrameType type, const google::protobuf::MessageLite& message,
                     std::span<const std::byte> payload = {}) = 0;
+  // Send, for a frame that nothing is expected to join soon (its sender has nothing else in
+  // flight): a link may put it on the wire at once rather than in its writer's next batch.
+  virtual void SendAlone(FrameType type, const google::protobuf::MessageLite& message,
+                         std::span<const std::byte> payload = {}) {
+    Send(type, message, payload);
+  }
   virtual void Close(base::Status why) = 0;
   virtual bool closed() const = 0;
 };

@@ -2,9 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <chrono>
 #include <cstring>
 
+#include "base/gathered_write.h"
 #include "transport/peer.pb.h"
 #include "transport/peer_auth.h"
 
@@ -232,6 +234,31 @@ void PeerConnection::Send(FrameType type, const google::protobuf::MessageLite& m
   writer_wakeup_.Notify();
 }
 
+// With the writer idle and nothing queued, the frame goes out from here: waking the writer
+// would cost a trip round the loop on each host's side of a lone write's round trip. What the
+// socket does not take now is left to the writer, which sends it before anything later; so is
+// an error, which the writer meets again and closes the link with.
+void PeerConnection::SendAlone(FrameType type, const google::protobuf::MessageLite& message,
+                               std::span<const std::byte> payload) {
+  if (closed_ || writing_ || !outgoing_.empty()) {
+    Send(type, message, payload);
+    return;
+  }
+  Outgoing out = Build(type, message, payload);
+  const std::array<asio::const_buffer, 3> buffers{
+      asio::buffer(out.header), asio::buffer(out.message),
+      asio::buffer(out.payload.data(), out.payload.size())};
+  boost::system::error_code ec;
+  const size_t sent = stream_->WriteNow(buffers, ec);
+  if (!ec && sent == asio::buffer_size(buffers)) {
+    ++sent_frames_;
+    return;
+  }
+  out.sent_bytes = ec ? 0 : sent;
+  outgoing_.push_back(std::move(out));
+  writer_wakeup_.Notify();
+}
+
 void PeerConnection::Close(Status why) {
   if (closed_) {
     return;
@@ -283,15 +310,15 @@ asio::awaitable<void> PeerConnection::WriteLoop() {
       outgoing_.pop_front();
     }
     for (const Outgoing& out : batch) {
-      buffers.emplace_back(out.header.data(), out.header.size());
-      if (!out.message.empty()) {
-        buffers.emplace_back(out.message.data(), out.message.size());
-      }
-      if (!out.payload.empty()) {
-        buffers.emplace_back(out.payload.data(), out.payload.size());
-      }
+      // Only the first frame of a batch can have been partly sent (by SendAlone).
+      base::AppendUnsent(buffers,
+                         {asio::buffer(out.header), asio::buffer(out.message),
+                          asio::buffer(out.payload.data(), out.payload.size())},
+                         out.sent_bytes);
     }
+    writing_ = true;
     Status st = co_await stream_->WriteAll(buffers);
+    writing_ = false;
     if (!st.ok()) {
       Close(st);
       break;

@@ -61,6 +61,8 @@ class PeerConnection final : public MessageLink,
   void StartStreaming(FrameHandler* handler) override;
   void Send(FrameType type, const google::protobuf::MessageLite& message,
             std::span<const std::byte> payload = {}) override;
+  void SendAlone(FrameType type, const google::protobuf::MessageLite& message,
+                 std::span<const std::byte> payload = {}) override;
   void Close(base::Status why) override;
   bool closed() const override { return closed_; }
 
@@ -72,6 +74,7 @@ class PeerConnection final : public MessageLink,
     std::array<std::byte, kFrameHeaderBytes> header;
     std::vector<std::byte> message;
     std::span<const std::byte> payload;
+    size_t sent_bytes = 0;  // Already on the wire (SendAlone cut short by a full socket).
   };
 
   asio::awaitable<base::Result<Frame>> ReadFrameNoDeadline();
@@ -97,6 +100,7 @@ class PeerConnection final : public MessageLink,
   asio::steady_timer heartbeat_timer_;
   std::chrono::steady_clock::time_point last_received_;
   bool closed_ = false;
+  bool writing_ = false;  // The writer is inside WriteAll.
   uint64_t sent_frames_ = 0;
   uint64_t received_frames_ = 0;
 };

@@ -120,6 +120,21 @@ asio::awaitable<Status> PeerStream::WriteAll(std::vector<asio::const_buffer>& bu
   co_return Status::Ok();
 }
 
+size_t PeerStream::WriteNow(std::span<const asio::const_buffer> buffers,
+                            boost::system::error_code& ec) {
+  ec.clear();
+  if (tls_) {
+    return 0;
+  }
+  if (!plain_->non_blocking()) {
+    plain_->non_blocking(true, ec);
+    if (ec) {
+      return 0;
+    }
+  }
+  return plain_->write_some(buffers, ec);
+}
+
 void PeerStream::Close() {
   boost::system::error_code ignored;
   tcp().shutdown(asio::socket_base::shutdown_both, ignored);

@@ -2,12 +2,12 @@
 // PeerStream: one TCP connection to the peer, plain or inside TLS (OpenSSL through Asio).
 // Coroutine reads and writes with errors as Status values; loop thread only.
 
+#include <boost/asio/ssl.hpp>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
-
-#include <boost/asio/ssl.hpp>
 
 #include "base/asio.h"
 #include "base/status.h"
@@ -39,6 +39,9 @@ class PeerStream {
   // Sends all of `buffers`; may consume the vector (plain TCP sends what it can on the spot,
   // without a trip round the loop).
   asio::awaitable<base::Status> WriteAll(std::vector<asio::const_buffer>& buffers);
+  // One non-blocking send of what the socket takes now; returns the bytes sent. Over TLS it
+  // sends nothing (a TLS record cannot be cut short and finished later by another call).
+  size_t WriteNow(std::span<const asio::const_buffer> buffers, boost::system::error_code& ec);
   void Close();
 
   const std::string& remote() const { return remote_; }
