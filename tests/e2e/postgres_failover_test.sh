@@ -90,8 +90,10 @@ pg_start() {
   chown postgres:postgres "$sockdir"
   chmod 700 "$sockdir"
   local rc=0
+  # dynamic_shared_memory_type=mmap: the segments live in the data directory, not in /dev/shm,
+  # where a server killed with SIGKILL would leave them behind after the test.
   runuser -u postgres -- "$pgbin/pg_ctl" -D "$datadir" -l "$log" -w -t 90 \
-    -o "-p $port -k $sockdir -c listen_addresses='' -c max_wal_size=256MB" start \
+    -o "-p $port -k $sockdir -c listen_addresses='' -c max_wal_size=256MB -c dynamic_shared_memory_type=mmap" start \
     >"$NM_TMP/pg_ctl.out" 2>&1 || rc=$?
   pg_pmpid=
   pg_shmid=
