@@ -49,16 +49,24 @@ inline void AppendUnsent(std::vector<asio::const_buffer>& buffers,
   }
 }
 
+// One non-blocking send of what the socket takes now; returns the bytes sent (would_block comes
+// back in `ec`). Switches the socket to non-blocking mode for synchronous calls first.
+template <typename Socket, typename Buffers>
+size_t SendNow(Socket& socket, const Buffers& buffers, boost::system::error_code& ec) {
+  ec.clear();
+  if (!socket.non_blocking()) {
+    socket.non_blocking(true, ec);
+    if (ec) {
+      return 0;
+    }
+  }
+  return socket.write_some(buffers, ec);
+}
+
 template <typename Socket>
 asio::awaitable<boost::system::error_code> WriteGathered(Socket& socket,
                                                          std::vector<asio::const_buffer>& buffers) {
   boost::system::error_code ec;
-  if (!socket.non_blocking()) {
-    socket.non_blocking(true, ec);
-    if (ec) {
-      co_return ec;
-    }
-  }
   // asio hands at most kMaxBuffersPerCall buffers to one sendmsg; go on while the socket takes
   // all it is offered, stop (and wait asynchronously) as soon as it takes less.
   constexpr size_t kMaxBuffersPerCall = 64;
@@ -67,7 +75,7 @@ asio::awaitable<boost::system::error_code> WriteGathered(Socket& socket,
     for (size_t i = 0; i < buffers.size() && i < kMaxBuffersPerCall; ++i) {
       offered += buffers[i].size();
     }
-    const size_t sent = socket.write_some(buffers, ec);
+    const size_t sent = SendNow(socket, buffers, ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       ec.clear();
       break;

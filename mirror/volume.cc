@@ -306,8 +306,6 @@ Status Volume::Flush(nbd::DoneCallback done) {
     Status local_status;
     nbd::DoneCallback done;
   };
-  auto state = std::make_shared<FlushState>();
-  state->done = std::move(done);
   // Every write replied to before this FLUSH was confirmed by the peer (or recorded as degraded,
   // its regions marked for resync). If each confirmation said durable (mode sync, FUA, written
   // through), or a confirmed peer Flush has covered those that did not, nothing is left for the
@@ -316,6 +314,16 @@ Status Volume::Flush(nbd::DoneCallback done) {
   const bool ask_peer = peer_ != nullptr && peer_volatile_writes_ != peer_volatile_flushed_;
   const uint64_t volatile_writes = peer_volatile_writes_;
   stats_.flushes_without_peer += peer_ != nullptr && !ask_peer ? 1 : 0;
+  group_commit_.NoteFlush();
+  if (!ask_peer && group_commit_.AllDurable()) {
+    // Nothing to wait for anywhere (the write before it was written through, on both hosts):
+    // answered at once, as BlockDevice allows a Flush.
+    base::RecordSince(arrived, stats_.flush, recent_flush_);
+    done(Status::Ok());
+    return Status::Ok();
+  }
+  auto state = std::make_shared<FlushState>();
+  state->done = std::move(done);
   state->peer_done = !ask_peer;
   auto finish = [this, state, arrived] {
     if (!state->local_done || !state->peer_done) {
@@ -329,14 +337,6 @@ Status Volume::Flush(nbd::DoneCallback done) {
     }
     cb(std::move(state->local_status));
   };
-  group_commit_.NoteFlush();
-  if (!ask_peer && group_commit_.AllDurable()) {
-    // Nothing to wait for anywhere (the write before it was written through, on both hosts):
-    // answered at once, as BlockDevice allows a Flush.
-    base::RecordSince(arrived, stats_.flush, recent_flush_);
-    state->done(Status::Ok());
-    return Status::Ok();
-  }
   group_commit_.RequestDurable([this, state, finish, arrived](Status st) {
     stats_.flush_local_us += MicrosSince(arrived);
     state->local_status = std::move(st);

@@ -551,19 +551,13 @@ bool NbdConnection::TrySendAtOnce(PendingReply& reply) {
   if (in_flight_ != 1 || !replies_.empty() || sending_ || socket_broken_ || writer_exit_) {
     return false;
   }
-  boost::system::error_code ec;
-  if (!socket_.non_blocking()) {
-    socket_.non_blocking(true, ec);
-    if (ec) {
-      return false;
-    }
-  }
   const std::array<asio::const_buffer, 3> buffers{
       asio::buffer(reply.header.data(), reply.header_bytes),
       asio::buffer(reply.data.data(), reply.data.size()),
       asio::buffer(reply.extra.data(), reply.extra.size())};
   const size_t total = asio::buffer_size(buffers);
-  const size_t sent = socket_.write_some(buffers, ec);
+  boost::system::error_code ec;
+  const size_t sent = base::SendNow(socket_, buffers, ec);
   if (ec) {
     return false;
   }

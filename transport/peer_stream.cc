@@ -122,17 +122,11 @@ asio::awaitable<Status> PeerStream::WriteAll(std::vector<asio::const_buffer>& bu
 
 size_t PeerStream::WriteNow(std::span<const asio::const_buffer> buffers,
                             boost::system::error_code& ec) {
-  ec.clear();
   if (tls_) {
+    ec.clear();
     return 0;
   }
-  if (!plain_->non_blocking()) {
-    plain_->non_blocking(true, ec);
-    if (ec) {
-      return 0;
-    }
-  }
-  return plain_->write_some(buffers, ec);
+  return base::SendNow(*plain_, buffers, ec);
 }
 
 void PeerStream::Close() {
