@@ -190,12 +190,7 @@ asio::awaitable<Status> NbdConnection::Negotiate() {
 }
 
 asio::awaitable<Status> NbdConnection::ReadExact(std::span<std::byte> out) {
-  if (out.empty()) {
-    co_return Status::Ok();  // memcpy from/to a null span is undefined, even for 0 bytes.
-  }
-  size_t done = std::min(out.size(), read_end_ - read_begin_);
-  std::memcpy(out.data(), read_ahead_.data() + read_begin_, done);
-  read_begin_ += done;
+  size_t done = read_ahead_.TakeSome(out);
   boost::system::error_code ec;
   while (done < out.size()) {
     const size_t left = out.size() - done;
@@ -203,13 +198,9 @@ asio::awaitable<Status> NbdConnection::ReadExact(std::span<std::byte> out) {
       done += co_await socket_.async_read_some(asio::buffer(out.data() + done, left),
                                                asio::redirect_error(asio::use_awaitable, ec));
     } else {
-      read_begin_ = 0;
-      read_end_ = co_await socket_.async_read_some(asio::buffer(read_ahead_),
-                                                   asio::redirect_error(asio::use_awaitable, ec));
-      const size_t take = std::min(left, read_end_);
-      std::memcpy(out.data() + done, read_ahead_.data(), take);
-      read_begin_ = take;
-      done += take;
+      read_ahead_.Filled(co_await socket_.async_read_some(
+          read_ahead_.Space(), asio::redirect_error(asio::use_awaitable, ec)));
+      done += read_ahead_.TakeSome(out.subspan(done));
     }
     ++receives_;
     if (ec) {
@@ -221,18 +212,17 @@ asio::awaitable<Status> NbdConnection::ReadExact(std::span<std::byte> out) {
 
 asio::awaitable<Status> NbdConnection::SkipExact(size_t bytes) {
   while (bytes > 0) {
-    if (read_begin_ == read_end_) {
+    if (read_ahead_.buffered().empty()) {
       boost::system::error_code ec;
-      read_begin_ = 0;
-      read_end_ = co_await socket_.async_read_some(asio::buffer(read_ahead_),
-                                                   asio::redirect_error(asio::use_awaitable, ec));
+      read_ahead_.Filled(co_await socket_.async_read_some(
+          read_ahead_.Space(), asio::redirect_error(asio::use_awaitable, ec)));
       ++receives_;
       if (ec) {
         co_return SocketStatus(ec, "receive");
       }
     }
-    const size_t take = std::min(bytes, read_end_ - read_begin_);
-    read_begin_ += take;
+    const size_t take = std::min(bytes, read_ahead_.buffered().size());
+    read_ahead_.Skip(take);
     bytes -= take;
   }
   co_return Status::Ok();
@@ -240,6 +230,17 @@ asio::awaitable<Status> NbdConnection::SkipExact(size_t bytes) {
 
 size_t NbdConnection::BufferShareBytes() const {
   return std::max<size_t>(info_.max_payload_bytes, pool_.budget_bytes() / 2);
+}
+
+std::optional<base::Buffer> NbdConnection::TryAcquireBuffer(size_t bytes) {
+  if (held_bytes_ > 0 && held_bytes_ + bytes > BufferShareBytes()) {
+    return std::nullopt;
+  }
+  auto buffer = pool_.TryAcquire(bytes);
+  if (buffer) {
+    held_bytes_ += buffer->size();
+  }
+  return buffer;
 }
 
 asio::awaitable<base::Buffer> NbdConnection::AcquireBuffer(size_t bytes) {
@@ -251,8 +252,7 @@ asio::awaitable<base::Buffer> NbdConnection::AcquireBuffer(size_t bytes) {
       co_await reader_wakeup_.Wait();
       continue;
     }
-    if (auto buffer = pool_.TryAcquire(bytes)) {
-      held_bytes_ += buffer->size();
+    if (auto buffer = TryAcquireBuffer(bytes)) {
       co_return std::move(*buffer);
     }
     // The pool is spent: stop reading until some request, on any connection, gives one back.
@@ -294,11 +294,13 @@ asio::awaitable<void> NbdConnection::ReadRequests() {
       break;
     }
     std::array<std::byte, kRequestHeaderBytes> raw{};
-    if (Status st = co_await ReadExact(raw); !st.ok()) {
-      if (st.errno_value() != ECONNRESET) {
-        spdlog::info("nbd {}: {}", client_name_, st.ToString());
+    if (!read_ahead_.Take(raw)) {
+      if (Status st = co_await ReadExact(raw); !st.ok()) {
+        if (st.errno_value() != ECONNRESET) {
+          spdlog::info("nbd {}: {}", client_name_, st.ToString());
+        }
+        break;
       }
-      break;
     }
     auto parsed = ParseRequestHeader(raw);
     if (!parsed.ok()) {
@@ -330,9 +332,14 @@ asio::awaitable<void> NbdConnection::ReadRequests() {
     }
     const auto type = static_cast<Command>(request.type);
     if ((type == Command::kRead || type == Command::kWrite) && request.length_bytes > 0) {
-      slots_[slot].buffer = co_await AcquireBuffer(request.length_bytes);
+      if (auto buffer = TryAcquireBuffer(request.length_bytes)) {
+        slots_[slot].buffer = std::move(*buffer);
+      } else {
+        slots_[slot].buffer = co_await AcquireBuffer(request.length_bytes);
+      }
     }
-    if (type == Command::kWrite && request.length_bytes > 0) {
+    if (type == Command::kWrite && request.length_bytes > 0 &&
+        !read_ahead_.Take(slots_[slot].buffer.span())) {
       awaiting_payload_ = true;
       const Status st = co_await ReadExact(slots_[slot].buffer.span());
       awaiting_payload_ = false;

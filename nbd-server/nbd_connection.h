@@ -29,14 +29,16 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/asio.h"
 #include "base/async_event.h"
+#include "base/buffer_pool.h"
+#include "base/read_ahead.h"
 #include "base/status.h"
 #include "nbd-server/block_device.h"
-#include "base/buffer_pool.h"
 #include "nbd-server/export_info.h"
 #include "nbd-server/negotiator.h"
 #include "nbd-server/request.h"
@@ -81,6 +83,8 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   asio::awaitable<void> ReadRequests();
   asio::awaitable<base::Status> ReadExact(std::span<std::byte> out);
   asio::awaitable<base::Status> SkipExact(size_t bytes);
+  // A buffer now, if the pool has one and this connection is within its share.
+  std::optional<base::Buffer> TryAcquireBuffer(size_t bytes);
   asio::awaitable<base::Buffer> AcquireBuffer(size_t bytes);
   size_t BufferShareBytes() const;
   asio::awaitable<void> WriteReplies();
@@ -107,9 +111,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   const std::string client_name_;
   Negotiator negotiator_;
 
-  std::vector<std::byte> read_ahead_;
-  size_t read_begin_ = 0;
-  size_t read_end_ = 0;
+  base::ReadAhead read_ahead_;
 
   std::vector<Slot> slots_;
   std::vector<size_t> free_slots_;

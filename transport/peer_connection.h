@@ -23,11 +23,13 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/async_event.h"
 #include "base/buffer_pool.h"
+#include "base/read_ahead.h"
 #include "base/status.h"
 #include "transport/frame.h"
 #include "transport/frame_link.h"
@@ -78,6 +80,11 @@ class PeerConnection final : public MessageLink,
   };
 
   asio::awaitable<base::Result<Frame>> ReadFrameNoDeadline();
+  // A frame wholly in the read-ahead, taken without entering a coroutine (at depth one receive
+  // brings many); nullopt, and nothing taken, when its bytes or a payload buffer are missing.
+  std::optional<base::Result<Frame>> TakeBufferedFrame();
+  // Checks a frame whose bytes are all read against its header's CRC.
+  base::Result<Frame> Verified(const FrameHeader& header, Frame frame);
   // Reads exactly `out` through a read-ahead buffer, so a burst of small frames (acks, 4 KiB
   // writes) costs one receive call, not three per frame.
   asio::awaitable<base::Status> ReadExact(std::span<std::byte> out);
@@ -88,9 +95,7 @@ class PeerConnection final : public MessageLink,
                  std::span<const std::byte> payload) const;
 
   std::unique_ptr<PeerStream> stream_;
-  std::vector<std::byte> read_ahead_;
-  size_t read_begin_ = 0;
-  size_t read_end_ = 0;
+  base::ReadAhead read_ahead_;
   base::BufferPool& pool_;
   LinkTiming timing_;
   FrameHandler* handler_ = nullptr;
