@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/check.h"
 #include "mirror/await_done.h"
 #include "mirror/generations.h"
 #include "transport/peer.pb.h"
@@ -118,13 +119,7 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
   if (Status st = co_await link->Expect(FrameType::kHello, hello); !st.ok()) {
     co_return st;
   }
-  const auto& md = metadata_.get();
-  auto refuse = [&](int error, const std::string& why) -> asio::awaitable<Status> {
-    pb::Refuse message;
-    message.set_reason(why);
-    (void)co_await link->SendMessage(FrameType::kRefuse, message);
-    co_return Status::Error(error, why);
-  };
+  auto refuse = [&](int error, const std::string& why) { return RefuseWith(*link, error, why); };
   if (hello.protocol_version() != transport::kPeerProtocolVersion) {
     co_return co_await refuse(EPROTO, "unsupported protocol version " +
                                           std::to_string(hello.protocol_version()));
@@ -141,6 +136,32 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
   if (hello.role() != pb::ROLE_PRIMARY) {
     co_return co_await refuse(EINVAL, "only a primary may connect to a secondary");
   }
+  if (applier_->attached() || handshaking_) {
+    co_return co_await refuse(
+        EBUSY, "already mirroring from primary '" + applier_->primary_node_id() + "'");
+  }
+  handshaking_ = true;
+  Status st = co_await AgreeOnPlan(link, hello);
+  handshaking_ = false;
+  co_return st;
+}
+
+asio::awaitable<Status> PeerListener::RefuseWith(transport::MessageLink& link, int error,
+                                                 std::string why) {
+  pb::Refuse message;
+  message.set_reason(why);
+  (void)co_await link.SendMessage(FrameType::kRefuse, message);
+  co_return Status::Error(error, why);
+}
+
+asio::awaitable<Status> PeerListener::AgreeOnPlan(std::shared_ptr<transport::MessageLink> link,
+                                                  const pb::Hello& hello) {
+  auto refuse = [&](int error, const std::string& why) { return RefuseWith(*link, error, why); };
+  // Operations of an earlier link may still be finishing: a datasync that fails the disk, or a
+  // resync's end that records this copy UpToDate. Everything below reads what they leave, and
+  // the plan recorded below must not be overwritten by them.
+  co_await applier_->WaitIdle();
+  const auto& md = metadata_.get();
   if (hello.size_bytes() != md.size_bytes) {
     co_return co_await refuse(EINVAL, "size mismatch: primary has " +
                                           std::to_string(hello.size_bytes()) + " bytes, this volume " +
@@ -151,10 +172,6 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
     co_return co_await refuse(EINVAL, "volume identity mismatch: primary has '" +
                                           hello.volume_uuid() + "', this volume '" +
                                           md.volume_uuid + "'");
-  }
-  if (applier_->attached() || handshaking_) {
-    co_return co_await refuse(EBUSY, "already mirroring from primary '" +
-                                         applier_->primary_node_id() + "'");
   }
   if (applier_->disk_failed()) {
     // A failed datasync is never retried into a success: whatever it covered may be lost, so
@@ -172,7 +189,6 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
   const SyncDecision view =
       DecideSync(primary_gens, md.gens, md.disk == DiskState::kUpToDate,
                  hello.marked_bytes() > 0 || intent_log_.marked_regions() > 0);
-  handshaking_ = true;
   pb::Hello ours;
   ours.set_protocol_version(transport::kPeerProtocolVersion);
   ours.set_node_id(options_.node_id);
@@ -193,10 +209,10 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
   }
   if (st.ok() && IsRefusal(view.kind)) {
     sync_refusal_ = view.reason;
-    spdlog::error("refusing primary {}: {}. To go on, run `nbdmirror discard-changes` on the "
-                  "copy whose changes are to be discarded (see README)",
-                  hello.node_id(), view.reason);
-    handshaking_ = false;
+    spdlog::error(
+        "refusing primary {}: {}. To go on, run `nbdmirror discard-changes` on the "
+        "copy whose changes are to be discarded (see README)",
+        hello.node_id(), view.reason);
     co_return co_await refuse(EEXIST, view.reason);
   }
   sync_refusal_.clear();
@@ -227,10 +243,9 @@ asio::awaitable<Status> PeerListener::Handshake(std::shared_ptr<transport::Messa
     });
   }
   if (st.ok()) {
-    co_await applier_->WaitIdle();
+    CHECK(applier_->idle());  // Not attached since the wait above: nothing could start.
     st = co_await link->SendMessage(FrameType::kReady, pb::Ready());
   }
-  handshaking_ = false;
   if (!st.ok()) {
     co_return st;
   }

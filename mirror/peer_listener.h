@@ -24,6 +24,10 @@
 #include "mirror/write_intent_log.h"
 #include "transport/peer_connection.h"
 
+namespace nbdmirror::peer {
+class Hello;
+}
+
 namespace mirror {
 
 struct PeerListenerOptions {
@@ -55,6 +59,13 @@ class PeerListener {
   asio::awaitable<void> AcceptLoop();
   asio::awaitable<void> Handle(asio::ip::tcp::socket socket);
   asio::awaitable<base::Status> Handshake(std::shared_ptr<transport::MessageLink> link);
+  // The rest of the handshake, once this link holds it: waits for an earlier link's operations
+  // to finish, checks the primary against this copy, answers, and records the plan.
+  asio::awaitable<base::Status> AgreeOnPlan(std::shared_ptr<transport::MessageLink> link,
+                                            const nbdmirror::peer::Hello& hello);
+  // Sends a Refuse frame with `why`; returns the refusal as a Status.
+  static asio::awaitable<base::Status> RefuseWith(transport::MessageLink& link, int error,
+                                                  std::string why);
   asio::awaitable<base::Status> SendBitmap(transport::MessageLink& link);
   void Refused(transport::MessageLink& link, const base::Status& why);
 

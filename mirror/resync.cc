@@ -9,8 +9,7 @@ using base::Status;
 Resync::Resync(asio::io_context& io, Volume& volume, WriteIntentLog& intent_log,
                base::BufferPool& pool, SendWrite send_write, SendZero send_zero,
                SendFlush send_flush, uint64_t rate_bytes_per_s, uint64_t flush_batch_bytes)
-    : io_(io),
-      volume_(volume),
+    : volume_(volume),
       intent_log_(intent_log),
       pool_(pool),
       send_write_(std::move(send_write)),

@@ -94,7 +94,6 @@ class Resync : public std::enable_shared_from_this<Resync> {
   void OnBlockFailed(InflightRanges::Ticket ticket);
   void MaybeFinish();
 
-  asio::io_context& io_;
   Volume& volume_;
   WriteIntentLog& intent_log_;
   base::BufferPool& pool_;

@@ -15,6 +15,7 @@
 #include "mirror/write_intent_log.h"
 #include "tests/unit/support/fake_store.h"
 #include "tests/unit/support/loop.h"
+#include "tests/unit/support/standby_parts.h"
 #include "transport/peer.pb.h"
 
 namespace mirror {
@@ -26,18 +27,6 @@ namespace pb = nbdmirror::peer;
 
 constexpr uint64_t kVolume = 64 * 1024;
 constexpr uint64_t kRegion = 4096;
-
-class MemorySuperblock final : public Superblock {
- public:
-  const VolumeMetadata& get() const override { return md_; }
-  base::Status Update(const std::function<void(VolumeMetadata&)>& change) override {
-    change(md_);
-    return base::Status::Ok();
-  }
-
- private:
-  VolumeMetadata md_;
-};
 
 // Records what the applier sends and whether it dropped the link.
 class FakeLink final : public transport::FrameLink {
@@ -69,11 +58,7 @@ class FakeLink final : public transport::FrameLink {
 
 class ReplicaApplierTest : public ::testing::Test {
  protected:
-  ReplicaApplierTest()
-      : data_(io_, kVolume),
-        meta_(io_, kBitmapOffsetBytes + kBitmapPageBytes),
-        log_(io_, &meta_, kVolume, kRegion, std::vector<uint8_t>(kBitmapAreaBytes, 0)),
-        applier_(io_, data_, superblock_, log_) {}
+  ReplicaApplierTest() : standby_(io_, kVolume, kRegion) {}
 
   std::shared_ptr<FakeLink> Attach() {
     auto link = std::make_shared<FakeLink>();
@@ -110,11 +95,9 @@ class ReplicaApplierTest : public ::testing::Test {
 
   asio::io_context io_;
   base::BufferPool pool_{1 << 20};
-  FakeStore data_;
-  FakeStore meta_;
-  MemorySuperblock superblock_;
-  WriteIntentLog log_;
-  ReplicaApplier applier_;
+  testing_support::StandbyParts standby_;
+  FakeStore& data_ = standby_.data;
+  ReplicaApplier& applier_ = standby_.applier;
 };
 
 TEST_F(ReplicaApplierTest, ConsecutiveOperationsAreApplied) {
