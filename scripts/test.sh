@@ -45,7 +45,7 @@ unset ASAN_OPTIONS UBSAN_OPTIONS
 echo "=== fuzzers (clang libFuzzer)"
 CXX=clang++ cmake -S "$root" -B "$root/build-fuzz" -G Ninja -DNBDMIRROR_BUILD_TESTS=OFF \
   -DNBDMIRROR_BUILD_FUZZERS=ON -DNBDMIRROR_FUZZ_SECONDS="${NBDMIRROR_FUZZ_SECONDS:-45}" >/dev/null
-ninja -C "$root/build-fuzz" fuzz_handshake fuzz_requests
+ninja -C "$root/build-fuzz" fuzz_handshake fuzz_requests fuzz_peer
 run_ctest fuzz build-fuzz -L fuzz -j 2
 
 python3 - "$results" <<'PY'
