@@ -39,6 +39,14 @@
 
 namespace sim {
 
+// memcpy for counts that may be 0: a 0-byte operation's empty buffer has a null data(), and
+// memcpy from null is undefined even for 0 bytes.
+inline void CopyBytes(void* to, const void* from, size_t bytes) {
+  if (bytes > 0) {
+    std::memcpy(to, from, bytes);
+  }
+}
+
 class SimStore final : public mirror::LocalStore {
  public:
   static constexpr uint64_t kSectorBytes = 512;
@@ -121,14 +129,14 @@ class SimStore final : public mirror::LocalStore {
     pending_.erase(pending_.begin() + static_cast<long>(i));
     switch (op.kind) {
       case Kind::kRead:
-        std::memcpy(op.out.data(), data_.data() + op.offset, op.out.size());
+        CopyBytes(op.out.data(), data_.data() + op.offset, op.out.size());
         op.done(base::Status::Ok());
         return name_ + " read " + Range(op.offset, op.out.size());
       case Kind::kWriteThrough:
         if (datasync_eio_per_mille_ > 0 &&
             static_cast<int>(rng() % 1000) < datasync_eio_per_mille_) {
           // The write landed; its flush failed.
-          std::memcpy(data_.data() + op.offset, op.data.data(), op.data.size());
+          CopyBytes(data_.data() + op.offset, op.data.data(), op.data.size());
           log_.push_back({op.offset, op.data});
           ++completed_writes_;
           op.done(base::Status::Error(EIO, name_ + ": injected write-through flush EIO"));
@@ -147,7 +155,7 @@ class SimStore final : public mirror::LocalStore {
               const uint64_t n = std::min<uint64_t>(kSectorBytes, op.data.size() - s);
               std::vector<std::byte> sector(op.data.begin() + static_cast<long>(s),
                                             op.data.begin() + static_cast<long>(s + n));
-              std::memcpy(data_.data() + op.offset + s, sector.data(), n);
+              CopyBytes(data_.data() + op.offset + s, sector.data(), n);
               log_.push_back({op.offset + s, std::move(sector)});
               ++completed_writes_;
               ++landed;
@@ -157,9 +165,9 @@ class SimStore final : public mirror::LocalStore {
           return name_ + what + Range(op.offset, op.data.size()) + " EIO (" +
                  std::to_string(landed) + " sectors landed)";
         }
-        std::memcpy(data_.data() + op.offset, op.data.data(), op.data.size());
+        CopyBytes(data_.data() + op.offset, op.data.data(), op.data.size());
         if (through) {
-          std::memcpy(durable_.data() + op.offset, op.data.data(), op.data.size());
+          CopyBytes(durable_.data() + op.offset, op.data.data(), op.data.size());
           OverwriteInLog(op.offset, op.data);
         } else {
           log_.push_back({op.offset, op.data});
@@ -178,7 +186,7 @@ class SimStore final : public mirror::LocalStore {
         const uint64_t covered = op.covers - synced_writes_;
         if (op.covers > synced_writes_) {
           for (uint64_t k = 0; k < covered; ++k) {
-            std::memcpy(durable_.data() + log_[k].offset, log_[k].data.data(), log_[k].data.size());
+            CopyBytes(durable_.data() + log_[k].offset, log_[k].data.data(), log_[k].data.size());
           }
           log_.erase(log_.begin(), log_.begin() + static_cast<long>(covered));
           synced_writes_ = op.covers;
@@ -257,7 +265,7 @@ class SimStore final : public mirror::LocalStore {
       const uint64_t from = std::max(offset, w.offset);
       const uint64_t to = std::min(end, w.offset + w.data.size());
       if (from < to) {
-        std::memcpy(w.data.data() + (from - w.offset), bytes.data() + (from - offset), to - from);
+        CopyBytes(w.data.data() + (from - w.offset), bytes.data() + (from - offset), to - from);
       }
     }
   }
@@ -272,7 +280,7 @@ class SimStore final : public mirror::LocalStore {
     for (uint64_t s = 0; s < bytes.size(); s += kSectorBytes) {
       const uint64_t n = std::min<uint64_t>(kSectorBytes, bytes.size() - s);
       if (!torn || rng() % 2 == 0) {
-        std::memcpy(image.data() + offset + s, bytes.data() + s, n);
+        CopyBytes(image.data() + offset + s, bytes.data() + s, n);
       }
     }
   }
