@@ -90,6 +90,12 @@ void ReplicaApplier::ApplyWrite(transport::Frame frame) {
            std::to_string(frame.payload.size()));
     return;
   }
+  if (write.length_bytes() == 0) {
+    // The primary answers an empty NBD request itself; an empty Write would reach the store as
+    // an I/O that cannot make progress, which the store reports as a disk error.
+    Reject("Write of 0 bytes at " + std::to_string(write.offset_bytes()));
+    return;
+  }
   if (write.offset_bytes() > size || write.length_bytes() > size - write.offset_bytes()) {
     Reject("Write at " + std::to_string(write.offset_bytes()) + "+" +
            std::to_string(write.length_bytes()) + " is past the end of the volume");
@@ -130,6 +136,11 @@ void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
     return;
   }
   const uint64_t size = store_.size_bytes();
+  if (zero.length_bytes() == 0) {
+    // fallocate refuses an empty range (EINVAL), which would come back as a disk error.
+    Reject("Zero of 0 bytes at " + std::to_string(zero.offset_bytes()));
+    return;
+  }
   if (zero.offset_bytes() > size || zero.length_bytes() > size - zero.offset_bytes()) {
     Reject("Zero at " + std::to_string(zero.offset_bytes()) + "+" +
            std::to_string(zero.length_bytes()) + " is past the end of the volume");

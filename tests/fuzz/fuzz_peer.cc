@@ -701,9 +701,10 @@ Prediction Predict(const transport::Frame& frame, const std::optional<uint64_t>&
       a.op = {CheckedStore::Op::kWrite, m.offset_bytes(), m.length_bytes()};
       a.fill = Fill(frame.payload.span());
       a.durable = m.durable();
-      return verdict(seq_follows(m.seq()) && m.length_bytes() == frame.payload.size() &&
+      return verdict(seq_follows(m.seq()) && m.length_bytes() > 0 &&
+                         m.length_bytes() == frame.payload.size() &&
                          in_range(m.offset_bytes(), m.length_bytes()),
-                     "Write out of sequence, of the wrong length or outside the volume");
+                     "Write out of sequence, empty, of the wrong length or outside the volume");
     }
     case FrameType::kZero: {
       pb::Zero m;
@@ -716,8 +717,9 @@ Prediction Predict(const transport::Frame& frame, const std::optional<uint64_t>&
               m.length_bytes()};
       a.fill = std::byte{0};
       a.durable = m.durable();
-      return verdict(seq_follows(m.seq()) && in_range(m.offset_bytes(), m.length_bytes()),
-                     "Zero out of sequence or outside the volume");
+      return verdict(seq_follows(m.seq()) && m.length_bytes() > 0 &&
+                         in_range(m.offset_bytes(), m.length_bytes()),
+                     "Zero out of sequence, empty or outside the volume");
     }
     case FrameType::kFlush: {
       pb::Flush m;

@@ -30,6 +30,8 @@ Cases against a standby (dial it as the primary would):
     unknown-type        a frame of type 99 (CRC correct)
     past-end            a Write of 8 KiB starting 4 KiB before the end of the volume
     length-mismatch     a Write declaring 4096 bytes that carries 8192
+    empty-write         a durable Write of 0 bytes at --offset (no payload)
+    empty-zero          a durable Zero of 0 bytes at --offset
   For all of these the daemon must refuse or drop the link without acknowledging anything.
 Against a primary:
     hello-to-primary    dial the primary's --listen port, authenticate, Hello as --node with
@@ -388,6 +390,16 @@ def length_mismatch_bytes(args):
     return frame(WRITE, write.SerializeToString(), data)
 
 
+def empty_write_bytes(args):
+    write = pb.Write(seq=1, offset_bytes=args.offset, length_bytes=0, durable=True)
+    return frame(WRITE, write.SerializeToString())
+
+
+def empty_zero_bytes(args):
+    zero = pb.Zero(seq=1, offset_bytes=args.offset, length_bytes=0, durable=True)
+    return frame(ZERO, zero.SerializeToString())
+
+
 def case_not_primary(args):
     return refused_hello("not-primary", role=pb.ROLE_SECONDARY)(args)
 
@@ -461,6 +473,8 @@ CASES = {
     "unknown-type": after_handshake("unknown-type", unknown_type_bytes),
     "past-end": after_handshake("past-end", past_end_bytes),
     "length-mismatch": after_handshake("length-mismatch", length_mismatch_bytes),
+    "empty-write": after_handshake("empty-write", empty_write_bytes),
+    "empty-zero": after_handshake("empty-zero", empty_zero_bytes),
     "hello-to-primary": case_hello_to_primary,
     "split-brain-standby": case_split_brain_standby,
 }

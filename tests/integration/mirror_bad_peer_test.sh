@@ -18,7 +18,8 @@
 #      another node id, with role secondary, with another size, with another volume identity;
 #      and after a correct handshake: a Write with a bad CRC, an oversized message length, a
 #      payload on a Flush, an unknown frame type, a Write past the end of the volume, a Write
-#      whose payload is longer than it declares. After each, the standby is alive, no longer
+#      whose payload is longer than it declares, an empty Write and an empty Zero (which must
+#      not reach the disk, where they would come back as I/O errors). After each, the standby is alive, no longer
 #      attached, and its backing file hashes as before. Last, the positive control again: it
 #      still accepts a real primary.
 #   4. A real primary (node a again): the fake dials its peer port and claims to be b, as
@@ -127,6 +128,8 @@ refused unknown-type 'primary a disconnected: .*unknown type 99'
 refused past-end 'invalid operation: Write at [0-9]+\+8192 is past the end of the volume'
 refused length-mismatch 'invalid operation: Write declares 4096 bytes but carries 8192' \
   --offset $((20 << 20))
+refused empty-write 'invalid operation: Write of 0 bytes at [0-9]+' --offset $((20 << 20))
+refused empty-zero 'invalid operation: Zero of 0 bytes at [0-9]+' --offset $((20 << 20))
 nm_log "every bad peer was refused or dropped with its log line; the standby's file is unchanged"
 
 head -c 65536 /dev/urandom >"$NM_TMP/control2.bin"

@@ -87,6 +87,21 @@ class ReplicaApplierTest : public ::testing::Test {
     return frame;
   }
 
+  // A Zero of `length` bytes at `offset`, numbered `seq`.
+  static transport::Frame Zero(uint64_t seq, uint64_t offset, uint64_t length) {
+    pb::Zero zero;
+    zero.set_seq(seq);
+    zero.set_offset_bytes(offset);
+    zero.set_length_bytes(length);
+    const std::string message = zero.SerializeAsString();
+    transport::Frame frame;
+    frame.type = transport::FrameType::kZero;
+    for (char c : message) {
+      frame.message.push_back(static_cast<std::byte>(c));
+    }
+    return frame;
+  }
+
   void CompleteAll() {
     Drain(io_);
     data_.CompleteAll();
@@ -131,6 +146,32 @@ TEST_F(ReplicaApplierTest, MissingOperationDropsTheLinkAtTheNextOne) {
   EXPECT_TRUE(link->closed());
   CompleteAll();
   EXPECT_EQ(data_.data()[8192], std::byte{0});
+}
+
+// The primary never sends an empty operation (its NBD layer answers empty requests itself). One
+// from a broken peer must not reach the store, where an empty write cannot make progress and an
+// empty fallocate is EINVAL: either would come back as a disk error and could fail the disk.
+TEST_F(ReplicaApplierTest, EmptyWriteDropsTheLinkAndReachesNoStore) {
+  auto link = Attach();
+  applier_.OnFrame(Write(1, 0, 4096, std::byte{1}));
+  applier_.OnFrame(Write(2, 8192, 0, std::byte{2}));
+  EXPECT_TRUE(link->closed());
+  EXPECT_NE(link->close_reason.find("Write of 0 bytes"), std::string::npos) << link->close_reason;
+  EXPECT_EQ(data_.pending_count(), 1u);  // the first Write only
+  CompleteAll();
+  EXPECT_EQ(data_.data()[0], std::byte{1});
+  EXPECT_FALSE(applier_.disk_failed());
+}
+
+TEST_F(ReplicaApplierTest, EmptyZeroDropsTheLinkAndReachesNoStore) {
+  auto link = Attach();
+  applier_.OnFrame(Zero(1, 4096, 0));
+  EXPECT_TRUE(link->closed());
+  EXPECT_NE(link->close_reason.find("Zero of 0 bytes"), std::string::npos) << link->close_reason;
+  EXPECT_EQ(data_.pending_count(), 0u);
+  CompleteAll();
+  EXPECT_TRUE(link->acked.empty());
+  EXPECT_FALSE(applier_.disk_failed());
 }
 
 TEST_F(ReplicaApplierTest, EachLinkStartsItsOwnSequence) {
