@@ -14,6 +14,9 @@
 # Prints one line per run: label, rep, IOPS, load average; then medians per label. With
 # QUICK_STRACE=1 each binary also gets one run under `strace -f -c` of each daemon (4 s), and
 # the system calls per completed I/O are printed (strace slows everything: only counts matter).
+# With QUICK_MALLOCS=1 each binary gets one run with a uprobe on libc's malloc counted in each
+# daemon (perf stat, 4 s): allocations per completed write, a count that does not depend on the
+# machine's noise. The probe is added for the run and removed after it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mode=$1 job=$2 reps=$3
@@ -22,6 +25,7 @@ bins=("$@")
 runtime=${QUICK_RUNTIME:-5}
 size=${QUICK_SIZE:-512M}
 do_strace=${QUICK_STRACE:-0}
+do_mallocs=${QUICK_MALLOCS:-0}
 # Each daemon and fio run in a session of their own: with kernel.sched_autogroup_enabled=1 the
 # scheduler shares CPU between sessions first, so three benchmark processes in one session would
 # together get one tenant's share next to other sessions' compilers.
@@ -35,7 +39,12 @@ cleanup() {
   rm -rf "$tmp"
   [[ $standby_dir == "$tmp" ]] || rm -rf "$standby_dir"
 }
-trap cleanup EXIT
+malloc_probe_added=0
+cleanup_all() {
+  cleanup
+  if ((malloc_probe_added)); then perf probe -q -d probe_libc:malloc || true; fi
+}
+trap cleanup_all EXIT
 head -c 32 /dev/urandom | base64 >"$tmp/secret"
 chmod 600 "$tmp/secret"
 if [[ -n ${QUICK_STANDBY_DIR:-} ]]; then
@@ -127,37 +136,63 @@ for label in "${!results[@]}"; do
   echo "MEDIAN $label $med  [${results[$label]}]"
 done
 
-if ((do_strace)); then
-  for bin in "${bins[@]}"; do
-    label=$(basename "$bin")
-    start "$bin"
-    BENCH_RUNTIME=9 BENCH_FSYNC=1 BENCH_FDATASYNC=0 "${prio[@]}" fio --ioengine=nbd \
-      "--uri=nbd+unix:///?socket=$sock" --output-format=json "--output=$tmp/fio-strace.json" \
-      "$here/fio/$job.fio" >/dev/null 2>&1 &
-    fio_pid=$!
-    sleep 3
-    vol=$tmp/S
-    [[ -n $standby_pid ]] && vol=$tmp/A
-    w0=$("$bin" status --volume "$vol" --json | jq .writes)
-    strace -f -c -o "$tmp/strace.p" -p "$primary_pid" &
-    sp=$!
-    if [[ -n $standby_pid ]]; then
-      strace -f -c -o "$tmp/strace.s" -p "$standby_pid" &
-      ss=$!
+# counted_run BIN TOOL: starts the daemons and a 9 s fio run; 3 s in, TOOL counts in each
+# daemon for 4 s (strace: system calls, mallocs: a uprobe on libc's malloc); prints the counts
+# per write completed meanwhile.
+counted_run() {
+  local bin=$1 tool=$2 label side p pids_counting=() writes w0 w1 fio_pid vol
+  label=$(basename "$bin")
+  start "$bin"
+  BENCH_RUNTIME=9 BENCH_FSYNC=1 BENCH_FDATASYNC=0 "${prio[@]}" fio --ioengine=nbd \
+    "--uri=nbd+unix:///?socket=$sock" --output-format=json "--output=$tmp/fio-$tool.json" \
+    "$here/fio/$job.fio" >/dev/null 2>&1 &
+  fio_pid=$!
+  sleep 3
+  vol=$tmp/S
+  [[ -n $standby_pid ]] && vol=$tmp/A
+  w0=$("$bin" status --volume "$vol" --json | jq .writes)
+  for side in p s; do
+    p=$primary_pid
+    [[ $side == s ]] && p=$standby_pid
+    [[ -n $p ]] || continue
+    if [[ $tool == strace ]]; then
+      strace -f -c -o "$tmp/count.$side" -p "$p" &
+    else
+      perf stat -x, -e probe_libc:malloc -o "$tmp/count.$side" -p "$p" -- sleep 4 &
     fi
-    sleep 4
-    kill -INT "$sp" ${ss:-} 2>/dev/null || true
-    w1=$("$bin" status --volume "$vol" --json | jq .writes)
-    wait "$sp" ${ss:-} 2>/dev/null || true
-    writes=$((w1 - w0))
-    wait "$fio_pid" || true
-    for side in p s; do
-      [[ -f $tmp/strace.$side ]] || continue
-      calls=$(awk '$NF == "total" {print $4}' "$tmp/strace.$side")
-      echo "== strace $label $side: $writes writes, $calls calls, $(echo "scale=2; $calls / $writes" | bc) per write"
-      awk -v w="$writes" 'NR > 2 && $NF != "total" && $1 !~ /^-/ { e = (NF == 6) ? $5 : 0; printf "   %-18s %8d  %.2f/write  (errors %d)\n", $NF, $4, $4 / w, e }' "$tmp/strace.$side" | head -14
-      rm -f "$tmp/strace.$side"
-    done
-    stop
+    pids_counting+=($!)
   done
+  if [[ $tool == strace ]]; then
+    sleep 4
+    kill -INT "${pids_counting[@]}" 2>/dev/null || true
+  fi
+  wait "${pids_counting[@]}" 2>/dev/null || true
+  w1=$("$bin" status --volume "$vol" --json | jq .writes)
+  writes=$((w1 - w0))
+  wait "$fio_pid" || true
+  for side in p s; do
+    [[ -f $tmp/count.$side ]] || continue
+    if [[ $tool == strace ]]; then
+      calls=$(awk '$NF == "total" {print $4}' "$tmp/count.$side")
+      echo "== strace $label $side: $writes writes, $calls calls, $(echo "scale=2; $calls / $writes" | bc) per write"
+      awk -v w="$writes" 'NR > 2 && $NF != "total" && $1 !~ /^-/ { e = (NF == 6) ? $5 : 0; printf "   %-18s %8d  %.2f/write  (errors %d)\n", $NF, $4, $4 / w, e }' "$tmp/count.$side" | head -14
+    else
+      calls=$(awk -F, '$3 ~ /probe_libc:malloc/ {print $1}' "$tmp/count.$side")
+      echo "== mallocs $label $side: $writes writes, $calls mallocs, $(echo "scale=2; $calls / $writes" | bc) per write"
+    fi
+    rm -f "$tmp/count.$side"
+  done
+  stop
+}
+
+if ((do_strace)); then
+  for bin in "${bins[@]}"; do counted_run "$bin" strace; done
+fi
+if ((do_mallocs)); then
+  libc=$(ldd "${bins[0]}" | awk '$1 ~ /^libc\.so/ {print $3}')
+  if ! perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc'; then
+    perf probe -q -x "$libc" malloc
+    malloc_probe_added=1
+  fi
+  for bin in "${bins[@]}"; do counted_run "$bin" mallocs; done
 fi

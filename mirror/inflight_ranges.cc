@@ -27,19 +27,28 @@ bool InflightRanges::Acquire(uint64_t offset_bytes, uint64_t length_bytes, Grant
   const uint64_t end = offset_bytes + std::max<uint64_t>(length_bytes, 1);
   Range range{ticket, offset_bytes, end, nullptr};
   if (!Blocked(range, waiting_.cend())) {
-    held_.push_back(std::move(range));
+    Keep(held_, std::move(range));
     return true;
   }
   range.on_grant = std::move(on_grant);
-  waiting_.push_back(std::move(range));
+  Keep(waiting_, std::move(range));
   return false;
+}
+
+void InflightRanges::Keep(std::list<Range>& list, Range range) {
+  if (spare_.empty()) {
+    list.push_back(std::move(range));
+    return;
+  }
+  spare_.front() = std::move(range);
+  list.splice(list.end(), spare_, spare_.begin());
 }
 
 void InflightRanges::Release(Ticket ticket) {
   auto it = std::find_if(held_.begin(), held_.end(),
                          [ticket](const Range& r) { return r.ticket == ticket; });
   CHECK(it != held_.end());
-  held_.erase(it);
+  spare_.splice(spare_.end(), held_, it);
   // Grant, in arrival order, every waiter no longer blocked by a held range or an earlier
   // waiter. Grants are collected first: a grant callback may Acquire or Release again.
   std::list<Range> granted;
@@ -49,13 +58,15 @@ void InflightRanges::Release(Ticket ticket) {
       continue;
     }
     auto next = std::next(w);
-    held_.push_back(Range{w->ticket, w->begin, w->end, nullptr});
+    Keep(held_, Range{w->ticket, w->begin, w->end, nullptr});
     granted.splice(granted.end(), waiting_, w);
     w = next;
   }
   for (Range& r : granted) {
-    r.on_grant();
+    Grant grant = std::move(r.on_grant);
+    grant();
   }
+  spare_.splice(spare_.end(), granted);
 }
 
 }  // namespace mirror

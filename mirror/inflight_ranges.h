@@ -13,11 +13,13 @@
 #include <functional>
 #include <list>
 
+#include "base/callback.h"
+
 namespace mirror {
 
 class InflightRanges {
  public:
-  using Grant = std::function<void()>;
+  using Grant = base::Callback<void()>;
   using Ticket = uint64_t;
 
   // Returns true when the range is granted now (the caller proceeds, `on_grant` is dropped).
@@ -42,8 +44,14 @@ class InflightRanges {
   }
   bool Blocked(const Range& candidate, std::list<Range>::const_iterator waiting_end) const;
 
+  // Appends `range` to `list` in a node taken from spare_ when there is one.
+  void Keep(std::list<Range>& list, Range range);
+
   std::list<Range> held_;
   std::list<Range> waiting_;
+  // Nodes of released ranges, kept for reuse: a write then costs no allocation here. Never more
+  // than the most ranges held and waiting at once, which the in-flight limit bounds.
+  std::list<Range> spare_;
   Ticket next_ticket_ = 1;
 };
 

@@ -26,12 +26,13 @@
 #include <string>
 #include <vector>
 
+#include "base/callback.h"
 #include "base/status.h"
 #include "nbd-server/block_device.h"
 
 namespace mirror {
 
-using StoreDone = std::function<void(base::Status)>;
+using StoreDone = base::Callback<void(base::Status)>;
 
 class LocalStore {
  public:

@@ -17,12 +17,13 @@
 #include <functional>
 #include <span>
 
+#include "base/callback.h"
 #include "nbd-server/block_device.h"
 
 namespace mirror {
 
 enum class PeerOutcome { kConfirmed, kDegraded, kAborted };
-using PeerDone = std::function<void(PeerOutcome)>;
+using PeerDone = base::Callback<void(PeerOutcome)>;
 
 class PeerLink {
  public:

@@ -105,20 +105,23 @@ void ReplicaApplier::ApplyWrite(transport::Frame frame) {
   (write.resync() ? stats_.resync_bytes : stats_.written_bytes) += write.length_bytes();
   ++stats_.ops_in_flight;
   const auto arrived = std::chrono::steady_clock::now();
-  auto payload = std::make_shared<base::Buffer>(std::move(frame.payload));
+  // The completion owns the payload's buffer until the store is done with it; the bytes do not
+  // move with the Buffer.
+  const std::span<const std::byte> data = frame.payload.span();
   WeakLink link = link_;
   const uint64_t seq = write.seq();
   const bool durable = write.durable();
   const bool through =
       group_commit_.ShouldWriteThrough(durable, /*alone=*/stats_.ops_in_flight == 1);
-  auto finish = [this, payload, link, seq, durable, through, arrived](Status result) {
+  StoreDone finish = [this, payload = std::move(frame.payload), link, seq, durable, through,
+                      arrived](Status result) {
     Finish(link, seq, durable, std::move(result), arrived, through);
   };
   if (through) {
     group_commit_.NoteWriteThroughStarted();
   }
-  Status st = through ? store_.WriteThrough(write.offset_bytes(), payload->span(), finish)
-                      : store_.Write(write.offset_bytes(), payload->span(), finish);
+  Status st = through ? store_.WriteThrough(write.offset_bytes(), data, std::move(finish))
+                      : store_.Write(write.offset_bytes(), data, std::move(finish));
   if (!st.ok()) {
     asio::post(io_, [this, link, seq, st, arrived, through] {
       Finish(link, seq, false, st, arrived, through);
@@ -151,16 +154,16 @@ void ReplicaApplier::ApplyZero(const transport::Frame& frame) {
   WeakLink link = link_;
   const uint64_t seq = zero.seq();
   const bool durable = zero.durable();
-  auto finish = [this, link, seq, durable, arrived](Status result) {
+  StoreDone finish = [this, link, seq, durable, arrived](Status result) {
     Finish(link, seq, durable, std::move(result), arrived);
   };
   Status st;
   if (zero.discard()) {
-    st = store_.Discard(zero.offset_bytes(), zero.length_bytes(), finish);
+    st = store_.Discard(zero.offset_bytes(), zero.length_bytes(), std::move(finish));
   } else {
     nbd::ZeroOptions options;
     options.may_punch_hole = zero.may_punch_hole();
-    st = store_.ZeroRange(zero.offset_bytes(), zero.length_bytes(), options, finish);
+    st = store_.ZeroRange(zero.offset_bytes(), zero.length_bytes(), options, std::move(finish));
   }
   if (!st.ok()) {
     asio::post(io_, [this, link, seq, st, arrived] { Finish(link, seq, false, st, arrived); });

@@ -535,7 +535,16 @@ void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync,
   if (Streaming()) {
     const uint64_t seq = NextSeq();
     send(seq);
-    pending_.emplace(seq, Pending{std::move(send), std::move(done), resync, std::move(digest)});
+    Pending op{std::move(send), std::move(done), resync, std::move(digest)};
+    if (spare_pending_.empty()) {
+      pending_.emplace(seq, std::move(op));
+    } else {
+      PendingMap::node_type node = std::move(spare_pending_.back());
+      spare_pending_.pop_back();
+      node.key() = seq;
+      node.mapped() = std::move(op);
+      pending_.insert(std::move(node));
+    }
     return;
   }
   if (resync) {
@@ -651,7 +660,9 @@ void Replicator::OnFrame(transport::Frame frame) {
     *it->second.digest = ack.digest();
   }
   PeerDone done = std::move(it->second.done);
-  pending_.erase(it);
+  PendingMap::node_type node = pending_.extract(it);
+  node.mapped() = Pending{};  // Nothing of the operation outlives its answer.
+  spare_pending_.push_back(std::move(node));
   done(PeerOutcome::kConfirmed);
 }
 

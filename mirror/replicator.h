@@ -54,6 +54,7 @@
 
 #include "base/asio.h"
 #include "base/buffer_pool.h"
+#include "base/callback.h"
 #include "base/endpoint.h"
 #include "mirror/metadata.h"
 #include "mirror/peer_link.h"
@@ -160,7 +161,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   bool PeerInSync() const;
 
  private:
-  using SendFn = std::function<void(uint64_t seq)>;
+  using SendFn = base::Callback<void(uint64_t seq)>;
   // An operation sent to the peer, or held for it (block policy). `send` can send it again:
   // its payload is borrowed from the client's request, which waits for this very operation.
   struct Pending {
@@ -215,7 +216,11 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   std::shared_ptr<transport::MessageLink> link_;
   ConnectionState connection_ = ConnectionState::kStandalone;
   DiskState peer_disk_ = DiskState::kInconsistent;
-  std::unordered_map<uint64_t, Pending> pending_;
+  using PendingMap = std::unordered_map<uint64_t, Pending>;
+  PendingMap pending_;
+  // Nodes of answered operations, kept for reuse so that an operation costs no allocation here;
+  // never more than the most operations that were in flight at once.
+  std::vector<PendingMap::node_type> spare_pending_;
   std::vector<Pending> held_;  // Block policy: waiting for the peer to come back.
   uint64_t next_seq_ = 1;
   std::shared_ptr<Resync> resync_;

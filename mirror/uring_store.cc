@@ -281,17 +281,20 @@ void UringStore::ZeroByFallocate(uint64_t offset_bytes, uint64_t length_bytes,
 void UringStore::WriteZeroesSlowly(uint64_t offset_bytes, uint64_t length_bytes,
                                    StoreDone done) {
   const uint64_t chunk = std::min<uint64_t>(length_bytes, kZeroBufferBytes);
+  // Shared by the chunk's completion and this call's own failure path: a submit that fails
+  // drops its callback uncalled, and `done` must still be answered once.
+  auto shared_done = std::make_shared<StoreDone>(std::move(done));
   Status st = Write(offset_bytes, std::span<const std::byte>(zero_buffer_, chunk),
-                    [this, offset_bytes, length_bytes, chunk, done](Status written) mutable {
+                    [this, offset_bytes, length_bytes, chunk, shared_done](Status written) {
                       if (!written.ok() || chunk == length_bytes) {
-                        done(std::move(written));
+                        (*shared_done)(std::move(written));
                         return;
                       }
                       WriteZeroesSlowly(offset_bytes + chunk, length_bytes - chunk,
-                                        std::move(done));
+                                        std::move(*shared_done));
                     });
   if (!st.ok()) {
-    asio::post(io_, [done = std::move(done), st] { done(st); });
+    asio::post(io_, [shared_done, st] { (*shared_done)(st); });
   }
 }
 

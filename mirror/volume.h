@@ -50,6 +50,7 @@
 #include <memory>
 
 #include "base/asio.h"
+#include "base/callback.h"
 #include "base/latency_histogram.h"
 #include "mirror/group_commit.h"
 #include "mirror/inflight_ranges.h"
@@ -143,9 +144,9 @@ class Volume final : public nbd::BlockDevice {
  private:
   struct PendingWrite;
   // `write_through`: submit it as LocalStore::WriteThrough (only WRITE is ever asked to).
-  using StoreCall = std::function<base::Status(bool write_through, StoreDone)>;
+  using StoreCall = base::Callback<base::Status(bool write_through, StoreDone)>;
   // `durable`: the peer must make it durable before it confirms.
-  using PeerCall = std::function<void(bool durable, PeerDone)>;
+  using PeerCall = base::Callback<void(bool durable, PeerDone)>;
 
   base::Status Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, StoreCall store,
                       PeerCall peer, nbd::DoneCallback done, bool fast_zero = false,

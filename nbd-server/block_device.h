@@ -25,11 +25,12 @@
 #include <span>
 #include <vector>
 
+#include "base/callback.h"
 #include "base/status.h"
 
 namespace nbd {
 
-using DoneCallback = std::function<void(base::Status)>;
+using DoneCallback = base::Callback<void(base::Status)>;
 
 // One run of the allocation map, as base:allocation reports it.
 struct Extent {

@@ -24,8 +24,9 @@ packages=(
   postgresql-15 postgresql-contrib-15 etcd-server etcd-client
   # metrics: a real Prometheus server and its linter (promtool), and the Python client's parser
   prometheus python3-prometheus-client curl
-  # benchmark output
-  python3 python3-matplotlib python3-protobuf jq
+  # benchmark output, and the counts of bench/quick_ab.sh (perf: mallocs) and
+  # bench/instructions.sh (valgrind: instructions per write)
+  python3 python3-matplotlib python3-protobuf jq linux-perf valgrind
 )
 
 export DEBIAN_FRONTEND=noninteractive

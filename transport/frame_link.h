@@ -15,6 +15,7 @@
 
 #include <google/protobuf/message_lite.h>
 
+#include <boost/container/small_vector.hpp>
 #include <chrono>
 #include <cstddef>
 #include <span>
@@ -28,9 +29,19 @@
 
 namespace transport {
 
+// A frame's protobuf message bytes. Every message of the data path (Write, Zero, Flush, Ack
+// without a digest) is a few dozen bytes: they stay in place, with no allocation per frame;
+// larger ones (handshake, digests) go to the heap.
+inline constexpr size_t kInlineMessageBytes = 64;
+using MessageBytes = boost::container::small_vector<std::byte, kInlineMessageBytes>;
+
+// Boost's small_vector predates std::contiguous_iterator, so spans of it are made by hand.
+inline std::span<const std::byte> Bytes(const MessageBytes& m) { return {m.data(), m.size()}; }
+inline std::span<std::byte> Bytes(MessageBytes& m) { return {m.data(), m.size()}; }
+
 struct Frame {
   FrameType type = FrameType::kHeartbeat;
-  std::vector<std::byte> message;
+  MessageBytes message;
   base::Buffer payload;
 
   // Parses the protobuf message; false if it does not parse.

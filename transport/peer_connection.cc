@@ -42,10 +42,10 @@ PeerConnection::Outgoing PeerConnection::Build(FrameType type,
                                                const google::protobuf::MessageLite& message,
                                                std::span<const std::byte> payload) const {
   Outgoing out;
-  out.message.resize(message.ByteSizeLong());
+  out.message.resize(message.ByteSizeLong(), boost::container::default_init);
   CHECK(message.SerializeToArray(out.message.data(), static_cast<int>(out.message.size())));
   out.payload = payload;
-  out.header = BuildFrameHeader(type, out.message, payload);
+  out.header = BuildFrameHeader(type, Bytes(out.message), payload);
   return out;
 }
 
@@ -53,7 +53,7 @@ asio::awaitable<Status> PeerConnection::SendMessage(FrameType type,
                                                     const google::protobuf::MessageLite& message) {
   Outgoing out = Build(type, message, {});
   std::vector<asio::const_buffer> buffers{asio::buffer(out.header),
-                                          asio::buffer(out.message)};
+                                          asio::buffer(out.message.data(), out.message.size())};
   co_return co_await stream_->WriteAll(buffers);
 }
 
@@ -80,7 +80,7 @@ asio::awaitable<Status> PeerConnection::ReadExact(std::span<std::byte> out) {
 }
 
 base::Result<Frame> PeerConnection::Verified(const FrameHeader& header, Frame frame) {
-  if (!FrameCrcMatches(header, frame.message, frame.payload.span())) {
+  if (!FrameCrcMatches(header, Bytes(frame.message), frame.payload.span())) {
     return Status::Error(EBADMSG,
                          std::string(FrameTypeName(frame.type)) + " frame failed its CRC32C check");
   }
@@ -111,8 +111,8 @@ std::optional<base::Result<Frame>> PeerConnection::TakeBufferedFrame() {
     frame.payload = std::move(*buffer);
   }
   read_ahead_.Skip(kFrameHeaderBytes);
-  frame.message.resize(h.message_bytes);
-  CHECK(read_ahead_.Take(frame.message));
+  frame.message.resize(h.message_bytes, boost::container::default_init);
+  CHECK(read_ahead_.Take(Bytes(frame.message)));
   CHECK(read_ahead_.Take(frame.payload.span()));
   return Verified(h, std::move(frame));
 }
@@ -131,8 +131,8 @@ asio::awaitable<base::Result<Frame>> PeerConnection::ReadFrameNoDeadline() {
   }
   Frame frame;
   frame.type = header.value().type;
-  frame.message.resize(header.value().message_bytes);
-  if (Status st = co_await ReadExact(frame.message); !st.ok()) {
+  frame.message.resize(header.value().message_bytes, boost::container::default_init);
+  if (Status st = co_await ReadExact(Bytes(frame.message)); !st.ok()) {
     co_return st;
   }
   if (header.value().payload_bytes > 0) {
@@ -279,7 +279,7 @@ void PeerConnection::SendAlone(FrameType type, const google::protobuf::MessageLi
   }
   Outgoing out = Build(type, message, payload);
   const std::array<asio::const_buffer, 3> buffers{
-      asio::buffer(out.header), asio::buffer(out.message),
+      asio::buffer(out.header), asio::buffer(out.message.data(), out.message.size()),
       asio::buffer(out.payload.data(), out.payload.size())};
   boost::system::error_code ec;
   const size_t sent = stream_->WriteNow(buffers, ec);
@@ -342,16 +342,20 @@ asio::awaitable<void> PeerConnection::WriteLoop() {
     }
     batch.clear();
     buffers.clear();
-    while (!outgoing_.empty() && batch.size() < kMaxFramesPerWrite) {
-      batch.push_back(std::move(outgoing_.front()));
-      outgoing_.pop_front();
+    if (outgoing_.size() <= kMaxFramesPerWrite) {
+      batch.swap(outgoing_);  // Both keep their capacity: a batch costs no allocation.
+    } else {
+      const auto cut = outgoing_.begin() + kMaxFramesPerWrite;
+      batch.assign(std::make_move_iterator(outgoing_.begin()), std::make_move_iterator(cut));
+      outgoing_.erase(outgoing_.begin(), cut);
     }
     for (const Outgoing& out : batch) {
       // Only the first frame of a batch can have been partly sent (by SendAlone).
-      base::AppendUnsent(buffers,
-                         {asio::buffer(out.header), asio::buffer(out.message),
-                          asio::buffer(out.payload.data(), out.payload.size())},
-                         out.sent_bytes);
+      base::AppendUnsent(
+          buffers,
+          {asio::buffer(out.header), asio::buffer(out.message.data(), out.message.size()),
+           asio::buffer(out.payload.data(), out.payload.size())},
+          out.sent_bytes);
     }
     writing_ = true;
     Status st = co_await stream_->WriteAll(buffers);

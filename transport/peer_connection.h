@@ -20,7 +20,6 @@
 #include <google/protobuf/message_lite.h>
 
 #include <chrono>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -74,7 +73,7 @@ class PeerConnection final : public MessageLink,
  private:
   struct Outgoing {
     std::array<std::byte, kFrameHeaderBytes> header;
-    std::vector<std::byte> message;
+    MessageBytes message;
     std::span<const std::byte> payload;
     size_t sent_bytes = 0;  // Already on the wire (SendAlone cut short by a full socket).
   };
@@ -99,7 +98,7 @@ class PeerConnection final : public MessageLink,
   base::BufferPool& pool_;
   LinkTiming timing_;
   FrameHandler* handler_ = nullptr;
-  std::deque<Outgoing> outgoing_;
+  std::vector<Outgoing> outgoing_;
   base::AsyncEvent writer_wakeup_;
   base::AsyncEvent reader_wakeup_;
   asio::steady_timer heartbeat_timer_;

@@ -1347,7 +1347,7 @@ base::Result<transport::Frame> FuzzLink::Decode(const std::vector<std::byte>& wi
     std::memcpy(buffer->data(), body.data() + h.message_bytes, h.payload_bytes);
     frame.payload = std::move(*buffer);
   }
-  if (!transport::FrameCrcMatches(h, frame.message, frame.payload.span())) {
+  if (!transport::FrameCrcMatches(h, transport::Bytes(frame.message), frame.payload.span())) {
     return Status::Error(EBADMSG, "CRC mismatch");
   }
   return frame;

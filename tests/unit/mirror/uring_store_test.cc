@@ -83,10 +83,10 @@ void Fill(std::span<std::byte> s, unsigned seed) {
 TEST_P(UringStoreTest, AlignedWriteReadsBack) {
   AlignedBuffer in(64 * 1024), out(64 * 1024);
   Fill(in.span(), 1);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(4096, in.span(), d); }).ok());
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(4096, out.span(), d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(4096, in.span(), std::move(d)); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(4096, out.span(), std::move(d)); }).ok());
   EXPECT_EQ(std::memcmp(in.data, out.data, in.size), 0);
-  EXPECT_TRUE(Wait([&](StoreDone d) { return store_->Datasync(d); }).ok());
+  EXPECT_TRUE(Wait([&](StoreDone d) { return store_->Datasync(std::move(d)); }).ok());
 }
 
 TEST_P(UringStoreTest, UnalignedWriteReadsBackThroughTheBufferedPath) {
@@ -94,13 +94,14 @@ TEST_P(UringStoreTest, UnalignedWriteReadsBackThroughTheBufferedPath) {
   Fill(in.span(), 2);
   // Odd offset, odd length, buffer offset by 3 bytes: nothing here suits O_DIRECT.
   auto src = in.span().subspan(3, 7001);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(12345, src, d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(12345, src, std::move(d)); }).ok());
   // An aligned read covering it sees the data (direct read after buffered write).
   AlignedBuffer whole(16384);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(8192, whole.span(), d); }).ok());
+  ASSERT_TRUE(
+      Wait([&](StoreDone d) { return store_->Read(8192, whole.span(), std::move(d)); }).ok());
   EXPECT_EQ(std::memcmp(whole.data + (12345 - 8192), src.data(), src.size()), 0);
   auto dst = out.span().subspan(1, 7001);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(12345, dst, d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(12345, dst, std::move(d)); }).ok());
   EXPECT_EQ(std::memcmp(dst.data(), src.data(), src.size()), 0);
 }
 
@@ -110,13 +111,14 @@ TEST_P(UringStoreTest, UnalignedWriteReadsBackThroughTheBufferedPath) {
 TEST_P(UringStoreTest, WriteThroughReadsBackOnBothPaths) {
   AlignedBuffer in(64 * 1024), out(64 * 1024);
   Fill(in.span(), 5);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->WriteThrough(8192, in.span(), d); }).ok());
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(8192, out.span(), d); }).ok());
+  ASSERT_TRUE(
+      Wait([&](StoreDone d) { return store_->WriteThrough(8192, in.span(), std::move(d)); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(8192, out.span(), std::move(d)); }).ok());
   EXPECT_EQ(std::memcmp(in.data, out.data, in.size), 0);
   auto src = in.span().subspan(5, 3001);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->WriteThrough(777, src, d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->WriteThrough(777, src, std::move(d)); }).ok());
   auto dst = out.span().subspan(0, 3001);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(777, dst, d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(777, dst, std::move(d)); }).ok());
   EXPECT_EQ(std::memcmp(dst.data(), src.data(), src.size()), 0);
   bool called = false;
   base::Status st =
@@ -129,13 +131,15 @@ TEST_P(UringStoreTest, WriteThroughReadsBackOnBothPaths) {
 TEST_P(UringStoreTest, ZeroRangeAndDiscardReadAsZeroes) {
   AlignedBuffer in(1 << 20), out(1 << 20);
   Fill(in.span(), 3);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(0, in.span(), d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(0, in.span(), std::move(d)); }).ok());
   nbd::ZeroOptions no_hole;
   no_hole.may_punch_hole = false;
+  ASSERT_TRUE(Wait([&](StoreDone d) {
+                return store_->ZeroRange(1000, 100000, no_hole, std::move(d));
+              }).ok());
   ASSERT_TRUE(
-      Wait([&](StoreDone d) { return store_->ZeroRange(1000, 100000, no_hole, d); }).ok());
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Discard(512 * 1024, 65536, d); }).ok());
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(0, out.span(), d); }).ok());
+      Wait([&](StoreDone d) { return store_->Discard(512 * 1024, 65536, std::move(d)); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Read(0, out.span(), std::move(d)); }).ok());
   for (size_t i = 0; i < out.size; ++i) {
     const bool zeroed = (i >= 1000 && i < 101000) || (i >= 512 * 1024 && i < 512 * 1024 + 65536);
     ASSERT_EQ(out.data[i], zeroed ? std::byte{0} : in.data[i]) << "byte " << i;
@@ -145,7 +149,8 @@ TEST_P(UringStoreTest, ZeroRangeAndDiscardReadAsZeroes) {
 TEST_P(UringStoreTest, AllocationSeesHolesAndData) {
   AlignedBuffer in(1 << 20);
   Fill(in.span(), 4);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(2 << 20, in.span(), d); }).ok());
+  ASSERT_TRUE(
+      Wait([&](StoreDone d) { return store_->Write(2 << 20, in.span(), std::move(d)); }).ok());
   auto extents = store_->Allocation(0, kSize);
   ASSERT_TRUE(extents.ok());
   uint64_t pos = 0;
@@ -170,7 +175,7 @@ TEST_P(UringStoreTest, AllocationSeesHolesAndData) {
 TEST_P(UringStoreTest, AllocationSeesAHolePunchedInsideAKnownDataRun) {
   AlignedBuffer in(4 << 20);
   Fill(in.span(), 5);
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(0, in.span(), d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Write(0, in.span(), std::move(d)); }).ok());
   auto whole = store_->Allocation(0, 1 << 20);  // Learns the run [0, 4 MiB).
   ASSERT_TRUE(whole.ok());
   ASSERT_EQ(whole.value().size(), 1u);
@@ -182,7 +187,8 @@ TEST_P(UringStoreTest, AllocationSeesAHolePunchedInsideAKnownDataRun) {
   EXPECT_FALSE(window.value()[0].hole);
   EXPECT_EQ(window.value()[0].length_bytes, 1u << 20);
 
-  ASSERT_TRUE(Wait([&](StoreDone d) { return store_->Discard(1 << 20, 1 << 20, d); }).ok());
+  ASSERT_TRUE(
+      Wait([&](StoreDone d) { return store_->Discard(1 << 20, 1 << 20, std::move(d)); }).ok());
   auto after = store_->Allocation(1 << 20, 1 << 20);
   ASSERT_TRUE(after.ok());
   ASSERT_EQ(after.value().size(), 1u);
@@ -191,8 +197,9 @@ TEST_P(UringStoreTest, AllocationSeesAHolePunchedInsideAKnownDataRun) {
   nbd::ZeroOptions punch;
   punch.may_punch_hole = true;
   ASSERT_TRUE(store_->Allocation(2 << 20, 1 << 20).ok());  // Learns [2 MiB, 4 MiB).
-  ASSERT_TRUE(
-      Wait([&](StoreDone d) { return store_->ZeroRange(3 << 20, 1 << 20, punch, d); }).ok());
+  ASSERT_TRUE(Wait([&](StoreDone d) {
+                return store_->ZeroRange(3 << 20, 1 << 20, punch, std::move(d));
+              }).ok());
   auto zeroed = store_->Allocation(3 << 20, 1 << 20);
   ASSERT_TRUE(zeroed.ok());
   ASSERT_EQ(zeroed.value().size(), 1u);
@@ -203,7 +210,8 @@ TEST_P(UringStoreTest, FastZeroNeverWritesSlowly) {
   nbd::ZeroOptions fast;
   fast.may_punch_hole = false;
   fast.fast_only = true;
-  base::Status st = Wait([&](StoreDone d) { return store_->ZeroRange(0, 1 << 20, fast, d); });
+  base::Status st =
+      Wait([&](StoreDone d) { return store_->ZeroRange(0, 1 << 20, fast, std::move(d)); });
   // Either the file system zeroes by metadata (ext4) or it says ENOTSUP (tmpfs).
   EXPECT_TRUE(st.ok() || st.errno_value() == ENOTSUP) << st.ToString();
 }
