@@ -1,10 +1,11 @@
 // Proves InflightRanges serialises overlapping writes in arrival order and lets disjoint ones
-// run side by side.
+// run side by side, and that the nodes it keeps for reuse hold nothing of a finished write.
 
 #include "mirror/inflight_ranges.h"
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <vector>
 
 namespace mirror {
@@ -65,6 +66,28 @@ TEST(InflightRangesTest, ZeroLengthRangesStillSerialise) {
   InflightRanges::Ticket a = 0, b = 0;
   ASSERT_TRUE(r.Acquire(100, 0, [] {}, a));
   EXPECT_FALSE(r.Acquire(100, 1, [] {}, b));
+}
+
+// Released ranges keep their list nodes for reuse; a grant that ran must not stay in one, or the
+// write's state (a shared_ptr in the real grant) would outlive the write.
+TEST(InflightRangesTest, ReusedNodesKeepNoGrantAlive) {
+  InflightRanges r;
+  auto state = std::make_shared<int>(7);
+  int grants = 0;
+  for (int round = 0; round < 3; ++round) {
+    InflightRanges::Ticket a = 0, b = 0;
+    ASSERT_TRUE(r.Acquire(
+        0, 4096, [] {}, a));
+    ASSERT_FALSE(r.Acquire(
+        0, 4096, [state, &grants] { grants += *state > 0 ? 1 : 0; }, b));
+    EXPECT_EQ(state.use_count(), 2);  // The waiting grant holds it.
+    r.Release(a);
+    EXPECT_EQ(grants, round + 1);
+    EXPECT_EQ(state.use_count(), 1);  // Released with the grant that ran.
+    r.Release(b);
+    EXPECT_EQ(r.held_count(), 0u);
+    EXPECT_EQ(r.waiting_count(), 0u);
+  }
 }
 
 }  // namespace
