@@ -10,10 +10,10 @@
 //
 // Every received operation is validated first (its sequence number follows the previous one's on
 // this link, a range of at least one byte inside the volume, payload length equal to the declared
-// length); anything
-// invalid drops the link and nothing of it is written. The primary numbers the operations of a
-// link consecutively (Replicator::SendOrHold), so a frame lost, repeated or reordered on the way
-// (by a proxy, say: TCP itself does none of these) is caught at the next frame.
+// length); anything invalid drops the link and nothing of it is written. The primary numbers the
+// operations of a link consecutively (Replicator::SendOrHold), so a frame lost, repeated or
+// reordered on the way (by a proxy, say: TCP itself does none of these) is caught at the next
+// frame.
 //
 // Loop thread only. Store and metadata are borrowed and must outlive the applier.
 

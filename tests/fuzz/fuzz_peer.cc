@@ -61,6 +61,7 @@
 #include "mirror/peer_listener.h"
 #include "mirror/replica_applier.h"
 #include "mirror/write_intent_log.h"
+#include "tests/sim/memory_superblock.h"
 #include "tests/sim/sim_store.h"
 #include "transport/frame.h"
 #include "transport/frame_link.h"
@@ -158,30 +159,6 @@ std::string Describe(const std::vector<std::byte>& wire) {
   return std::string(transport::FrameTypeName(type)) + " {" + parsed->ShortDebugString() +
          "} payload " + std::to_string(header.value().payload_bytes);
 }
-
-// The superblock: durable at once, as MetadataFile::Update is synchronous. It can be made to
-// fail (a failed metadata disk), keeping the change in memory as the contract says.
-class MemorySuperblock final : public mirror::Superblock {
- public:
-  explicit MemorySuperblock(mirror::VolumeMetadata md) : md_(std::move(md)) {}
-  const mirror::VolumeMetadata& get() const override { return md_; }
-  Status Update(const std::function<void(mirror::VolumeMetadata&)>& change) override {
-    change(md_);
-    if (updates_left_ == 0) {
-      return Status::Error(EIO, "injected superblock EIO");
-    }
-    if (updates_left_ > 0) {
-      --updates_left_;
-    }
-    return Status::Ok();
-  }
-  // From the update after `updates` more on; -1: never.
-  void FailAfter(int updates) { updates_left_ = updates; }
-
- private:
-  mirror::VolumeMetadata md_;
-  int updates_left_ = -1;
-};
 
 // A SimStore whose every submission is checked (SimStore itself answers a range outside it with
 // EINVAL, which here would hide the bug) and, for the volume, recorded for the frame being
@@ -789,7 +766,8 @@ class Standby {
 
   FuzzedDataProvider& in_;
   const uint64_t volume_bytes_;
-  MemorySuperblock superblock_;
+  mirror::VolumeMetadata md_;  // The superblock's (durable at once, can fail).
+  sim::MemorySuperblock superblock_{md_};
   CheckedStore data_;
   CheckedStore meta_;
   std::mt19937_64 rng_;  // SimStore's fault injection.
@@ -860,7 +838,7 @@ Standby::Standby(FuzzedDataProvider& in)
     : in_(in),
       volume_bytes_(in.ConsumeIntegralInRange<int>(0, 7) == 0 ? kLargeVolumeBytes
                                                               : kSmallVolumeBytes),
-      superblock_(InitialMetadata(in, volume_bytes_)),
+      md_(InitialMetadata(in, volume_bytes_)),
       data_("b.data", volume_bytes_, /*metadata=*/false),
       meta_("b.meta",
             mirror::kBitmapOffsetBytes + mirror::BitmapPageCount(mirror::RegionCount(

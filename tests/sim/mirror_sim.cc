@@ -13,8 +13,9 @@
 //   - Disks (tests/sim/sim_store.h): each host's data and metadata stores complete operations
 //     in any order the schedule picks; a crash drops every write not covered by a completed
 //     datasync (each may survive, survive torn or vanish).
-//   - Superblocks: a MemorySuperblock per host, durable as soon as it is updated, as
-//     MetadataFile::Update is a synchronous write and fdatasync of a double-buffered slot.
+//   - Superblocks: a MemorySuperblock per host (tests/sim/memory_superblock.h), durable as
+//     soon as it is updated, as MetadataFile::Update is a synchronous write and fdatasync of a
+//     double-buffered slot.
 //     Bitmap pages go through the metadata SimStore and are reloaded after a crash through the
 //     real page codec, exactly as MetadataFile::ReadBitmap does.
 //   - The network: the Replicator's dial and the listener's accept are replaced by Connect,
@@ -100,6 +101,7 @@
 #include "mirror/replicator.h"
 #include "mirror/volume.h"
 #include "mirror/write_intent_log.h"
+#include "tests/sim/memory_superblock.h"
 #include "tests/sim/sim_store.h"
 #include "transport/frame_link.h"
 #include "transport/peer.pb.h"
@@ -125,20 +127,6 @@ constexpr std::chrono::milliseconds kAckTimeout{4000};  // Its watch sleeps half
 constexpr const char* kVolumeUuid = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
 using Meta = mirror::VolumeMetadata;
-
-// A host's superblock (see the file comment).
-class MemorySuperblock final : public mirror::Superblock {
- public:
-  explicit MemorySuperblock(Meta& md) : md_(md) {}
-  const Meta& get() const override { return md_; }
-  Status Update(const std::function<void(Meta&)>& change) override {
-    change(md_);
-    return Status::Ok();
-  }
-
- private:
-  Meta& md_;
-};
 
 // Generations are random (NewGeneration); the trace names them g1, g2, ... in order of first
 // appearance, so a replayed seed prints the same trace. One schedule runs at a time.

@@ -166,7 +166,7 @@ class PeerListenerTest : public ::testing::Test {
   testing_support::StandbyParts standby_;
   FakeStore& data_ = standby_.data;
   FakeStore& meta_ = standby_.meta;
-  VolumeMetadata& md_ = standby_.superblock.md;
+  VolumeMetadata& md_ = standby_.md;
   WriteIntentLog& log_ = standby_.log;
   ReplicaApplier& applier_ = standby_.applier;
   PeerListener listener_;
