@@ -45,6 +45,9 @@ class FaultInjectingStore final : public LocalStore {
   base::Status Prefetch(uint64_t offset_bytes, uint64_t length_bytes, StoreDone done) override;
   base::Result<std::vector<nbd::Extent>> Allocation(uint64_t offset_bytes,
                                                     uint64_t length_bytes) override;
+  ByteRange Footprint(uint64_t offset_bytes, uint64_t length_bytes) const override {
+    return inner_.Footprint(offset_bytes, length_bytes);
+  }
 
   uint64_t injected_count() const { return injected_count_; }
 

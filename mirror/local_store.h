@@ -34,6 +34,11 @@ namespace mirror {
 
 using StoreDone = base::Callback<void(base::Status)>;
 
+struct ByteRange {
+  uint64_t offset_bytes = 0;
+  uint64_t length_bytes = 0;
+};
+
 class LocalStore {
  public:
   virtual ~LocalStore() = default;
@@ -62,6 +67,14 @@ class LocalStore {
   // Allocation map of the range (synchronous: it must not wait on I/O).
   virtual base::Result<std::vector<nbd::Extent>> Allocation(uint64_t offset_bytes,
                                                             uint64_t length_bytes) = 0;
+
+  // The bytes a Write, WriteThrough, Discard or ZeroRange of [offset, offset + length) may
+  // rewrite on the backing store. No other modification may run inside them meanwhile (Volume
+  // locks them). The range itself, unless the store rewrites whole blocks around it (UringStore:
+  // an unaligned write beside direct I/O).
+  virtual ByteRange Footprint(uint64_t offset_bytes, uint64_t length_bytes) const {
+    return {offset_bytes, length_bytes};
+  }
 };
 
 }  // namespace mirror

@@ -19,6 +19,12 @@ using base::Status;
 
 constexpr size_t kZeroBufferBytes = 1 << 20;
 constexpr size_t kMaxExtents = 1024;
+// The least an unaligned write's footprint is widened to: at least the largest page or file
+// system block either host is likely to have (64 KiB pages on arm64 and ppc64), because the
+// standby applies concurrently whatever the primary has in flight at once. Unaligned writes are
+// rare (clients that ignore the advertised minimum block size), so the wider lock costs nothing
+// measurable.
+constexpr long kUnalignedLockBytes = 64 * 1024;
 
 // Finds the smallest block size O_DIRECT accepts on this file: 512 on most devices, 4096 on
 // 4Kn disks. Returns 0 when O_DIRECT reads fail outright.
@@ -63,6 +69,8 @@ base::Result<std::unique_ptr<UringStore>> UringStore::Open(asio::io_context& io,
   } else {
     return Status::Error(EINVAL, path + " is neither a regular file nor a block device");
   }
+  store->cache_block_bytes_ = static_cast<uint32_t>(std::max<long>(
+      {::sysconf(_SC_PAGESIZE), static_cast<long>(st.st_blksize), kUnalignedLockBytes}));
   store->direct_fd_ = store->buffered_fd_;
   if (options.direct_io) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT | sync_flag);
@@ -144,6 +152,18 @@ Status UringStore::CheckRange(uint64_t offset_bytes, uint64_t length_bytes,
                                      "+" + std::to_string(length_bytes) + " is past the end");
   }
   return Status::Ok();
+}
+
+ByteRange UringStore::Footprint(uint64_t offset_bytes, uint64_t length_bytes) const {
+  // Buffers come from aligned pools, so offset and length decide which descriptor FdFor picks.
+  if (!direct_io() || ((offset_bytes | length_bytes) & (alignment_bytes_ - 1)) == 0) {
+    return {offset_bytes, length_bytes};
+  }
+  const uint64_t block = cache_block_bytes_;
+  const uint64_t begin = offset_bytes / block * block;
+  const uint64_t end =
+      std::min(size_bytes_, (offset_bytes + length_bytes + block - 1) / block * block);
+  return {begin, end - begin};
 }
 
 int UringStore::FdFor(uint64_t offset_bytes, uint64_t length_bytes, const void* buffer) const {

@@ -4,9 +4,14 @@
 // I/O: reads and writes use O_DIRECT when the file system allows it and the request is aligned
 // (offset, length and buffer to the device's logical block size, probed at open); anything
 // unaligned goes through a second, buffered descriptor on the same file, so odd-sized client
-// requests still work. Linux keeps the two coherent: a direct read writes back cached pages of
-// its range first, and a direct write invalidates them. Datasync (fdatasync through the ring)
-// covers both descriptors, since it syncs the inode.
+// requests still work. Linux keeps the two coherent one request at a time: a direct read writes
+// back cached pages of its range first, and a direct write invalidates them. Not when they
+// overlap in time: a buffered write into part of a block reads the whole block, merges and
+// later writes it all back, so a direct write landing in that block meanwhile would be undone
+// (its invalidation fails on the dirty page). Footprint() therefore widens an unaligned write to
+// whole cache blocks (64 KiB, or the page or the file system's block if larger: the standby's
+// may be larger than ours), and the volume lets no other write into them while it runs. Datasync
+// (fdatasync through the ring) covers both descriptors, since it syncs the inode.
 //
 // Completions reach the loop through an eventfd registered with the ring and watched by asio.
 // Each in-flight operation is an Op from a recycled pool and is the SQE's user_data. Short reads
@@ -61,6 +66,8 @@ class UringStore final : public LocalStore {
   base::Status Prefetch(uint64_t offset_bytes, uint64_t length_bytes, StoreDone done) override;
   base::Result<std::vector<nbd::Extent>> Allocation(uint64_t offset_bytes,
                                                     uint64_t length_bytes) override;
+  ByteRange Footprint(uint64_t offset_bytes, uint64_t length_bytes) const override;
+  uint32_t cache_block_bytes() const { return cache_block_bytes_; }
 
  private:
   enum class OpKind { kRead, kWrite, kDatasync, kFallocate, kFadvise };
@@ -112,6 +119,8 @@ class UringStore final : public LocalStore {
   uint64_t known_data_begin_ = 0;
   uint64_t known_data_end_ = 0;
   uint32_t alignment_bytes_ = 1;
+  // What an unaligned write's footprint is widened to (Footprint).
+  uint32_t cache_block_bytes_ = 64 * 1024;
   bool is_block_device_ = false;
   std::unique_ptr<asio::posix::stream_descriptor> event_watch_;
   uint64_t event_counter_ = 0;

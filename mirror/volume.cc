@@ -138,8 +138,11 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   ++stats_.writes_in_flight;
   stats_.bytes_in_flight += length_bytes;
   // The grant may run later, from another write's completion; the write owns what it needs.
+  // The lock covers whatever the store may rewrite around the range (Footprint).
+  const ByteRange footprint = store_.Footprint(offset_bytes, length_bytes);
   const bool granted = ranges_.Acquire(
-      offset_bytes, length_bytes, [this, write] { MarkIntent(write); }, write->ticket);
+      footprint.offset_bytes, footprint.length_bytes, [this, write] { MarkIntent(write); },
+      write->ticket);
   if (!granted) {
     ++stats_.range_waits;
     return Status::Ok();

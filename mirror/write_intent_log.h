@@ -47,11 +47,6 @@
 
 namespace mirror {
 
-struct ByteRange {
-  uint64_t offset_bytes = 0;
-  uint64_t length_bytes = 0;
-};
-
 struct IntentLogStats {
   uint64_t marks = 0;            // Mark() calls (client writes).
   uint64_t marks_waited = 0;     // Marks that had to wait for metadata I/O.

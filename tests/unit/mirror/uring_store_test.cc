@@ -105,6 +105,29 @@ TEST_P(UringStoreTest, UnalignedWriteReadsBackThroughTheBufferedPath) {
   EXPECT_EQ(std::memcmp(dst.data(), src.data(), src.size()), 0);
 }
 
+// A buffered write into part of a block rewrites the whole block later, so an unaligned write
+// must keep other writes out of its blocks (64 KiB at least); aligned writes lock just their
+// bytes. With no O_DIRECT (tmpfs) every write shares the page cache and nothing widens.
+TEST_P(UringStoreTest, FootprintWidensOnlyUnalignedWritesBesideDirectIo) {
+  auto same = [](ByteRange r, uint64_t begin, uint64_t end) {
+    return r.offset_bytes == begin && r.offset_bytes + r.length_bytes == end;
+  };
+  EXPECT_TRUE(same(store_->Footprint(4096, 8192), 4096, 12288));
+  if (!store_->direct_io()) {
+    EXPECT_TRUE(same(store_->Footprint(100, 10), 100, 110));
+    return;
+  }
+  const uint64_t block = store_->cache_block_bytes();
+  EXPECT_GE(block, 64u * 1024);
+  EXPECT_EQ(block % 4096, 0u);
+  EXPECT_TRUE(same(store_->Footprint(512, 512), 512, 1024)) << "aligned: only its bytes";
+  EXPECT_TRUE(same(store_->Footprint(0, 100), 0, block));
+  EXPECT_TRUE(same(store_->Footprint(block + 512, 100), block, 2 * block));
+  EXPECT_TRUE(same(store_->Footprint(block - 1, 2), 0, 2 * block)) << "straddles two blocks";
+  EXPECT_TRUE(same(store_->Footprint(kSize - 10, 10), kSize - block, kSize))
+      << "never past the end";
+}
+
 // RWF_DSYNC on both paths (O_DIRECT for aligned requests, the page cache for the others): the
 // data reads back; that the kernel flushed it before completing is its promise, not testable
 // here short of pulling the power.

@@ -41,6 +41,26 @@ TEST_F(VolumeTest, OverlappingWriteStartsOnlyAfterTheEarlierOneCompletes) {
   EXPECT_EQ(volume_.stats().range_waits, 1u);
 }
 
+// An unaligned write goes through the page cache, which rewrites its whole block later: an
+// aligned write elsewhere in that block must wait for it, or its data could be undone.
+TEST_F(VolumeTest, WriteIntoTheBlockOfAnUnalignedWriteWaitsForIt) {
+  store_.set_footprint_block(4096);
+  auto odd = Bytes(100, 0x11), aligned = Bytes(512, 0x22), far = Bytes(512, 0x33);
+  int done = 0;
+  ASSERT_TRUE(volume_.Write(0, odd, false, [&](base::Status st) { done += st.ok(); }).ok());
+  ASSERT_TRUE(volume_.Write(512, aligned, false, [&](base::Status st) { done += st.ok(); }).ok());
+  ASSERT_TRUE(volume_.Write(8192, far, false, [&](base::Status st) { done += st.ok(); }).ok());
+  EXPECT_EQ(store_.pending_count(FakeStore::Kind::kWrite), 2u)
+      << "the write at 512 shares the unaligned write's block; the one at 8192 does not";
+  EXPECT_EQ(volume_.stats().range_waits, 1u);
+  ASSERT_TRUE(store_.CompleteOldest());
+  EXPECT_EQ(store_.pending_count(FakeStore::Kind::kWrite), 2u) << "now the write at 512 starts";
+  store_.CompleteAll();
+  EXPECT_EQ(done, 3);
+  EXPECT_EQ(store_.data()[99], std::byte{0x11});
+  EXPECT_EQ(store_.data()[512], std::byte{0x22});
+}
+
 TEST_F(VolumeTest, DisjointWritesRunConcurrently) {
   auto a = Bytes(4096, 1);
   for (int i = 0; i < 8; ++i) {

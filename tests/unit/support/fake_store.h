@@ -107,6 +107,18 @@ class FakeStore final : public mirror::LocalStore {
   base::Result<std::vector<nbd::Extent>> Allocation(uint64_t, uint64_t length) override {
     return std::vector<nbd::Extent>{{length, false}};
   }
+  // Like UringStore beside O_DIRECT once set_footprint_block(B): a request not aligned to 512
+  // bytes rewrites the whole B-byte blocks around it.
+  mirror::ByteRange Footprint(uint64_t offset, uint64_t length) const override {
+    if (footprint_block_ == 0 || ((offset | length) & 511) == 0) {
+      return {offset, length};
+    }
+    const uint64_t begin = offset / footprint_block_ * footprint_block_;
+    const uint64_t end =
+        (offset + length + footprint_block_ - 1) / footprint_block_ * footprint_block_;
+    return {begin, end - begin};
+  }
+  void set_footprint_block(uint64_t bytes) { footprint_block_ = bytes; }
 
   // Completes the oldest pending operation of any kind (or of `kind`). False if none.
   bool CompleteOldest() { return CompleteAt(0); }
@@ -176,6 +188,7 @@ class FakeStore final : public mirror::LocalStore {
   std::deque<Pending> pending_;
   int datasyncs_submitted_ = 0;
   bool fail_datasync_ = false;  // Datasyncs fail, and so do write-throughs (their flush).
+  uint64_t footprint_block_ = 0;
   std::vector<std::pair<uint64_t, std::vector<std::byte>>> written_through_;
 };
 
