@@ -125,6 +125,11 @@ Status Volume::Modify(uint64_t offset_bytes, uint64_t length_bytes, bool fua, St
   if (Status st = CheckRange(offset_bytes, length_bytes, ENOSPC); !st.ok()) {
     return st;
   }
+  if (length_bytes == 0) {
+    // Nothing to write, here or on the peer (which refuses an empty operation as malformed).
+    asio::post(io_, [done = std::move(done)]() mutable { done(Status::Ok()); });
+    return Status::Ok();
+  }
   auto write = std::make_shared<PendingWrite>();
   write->arrived = Clock::now();
   write->offset_bytes = offset_bytes;

@@ -362,7 +362,11 @@ void NbdConnection::Dispatch(size_t slot) {
     ReplyNoneChunk(slot);
     return;
   }
-  if ((type == Command::kRead || type == Command::kWrite) && r.length_bytes == 0) {
+  // An empty request has nothing to do; answered here, it never reaches the volume (nor, on a
+  // mirrored volume, the peer, which refuses empty operations). The spec allows any result.
+  const bool sized = type == Command::kRead || type == Command::kWrite || type == Command::kTrim ||
+                     type == Command::kWriteZeroes || type == Command::kCache;
+  if (sized && r.length_bytes == 0) {
     ReplySimple(slot, 0);
     return;
   }

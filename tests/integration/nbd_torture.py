@@ -424,6 +424,9 @@ def zero_length_requests(ctx):
     c = ctx.open()
     expect_ok(c.read(4096, 0), "zero-length READ")
     expect_ok(c.write(ctx.scratch_begin, b""), "zero-length WRITE")
+    for command, name in ((nbd.CMD_TRIM, "TRIM"), (nbd.CMD_WRITE_ZEROES, "WRITE_ZEROES"),
+                          (nbd.CMD_CACHE, "CACHE")):
+        expect_ok(c.command(command, ctx.scratch_begin, 0), f"zero-length {name}")
     read_matches_file(ctx, c, 0, 512)
     c.disconnect()
 

@@ -77,6 +77,23 @@ TEST_F(MirroredVolumeTest, SyncWriteWaitsForLocalDatasyncAndPeerConfirmation) {
   EXPECT_TRUE(replied);
 }
 
+// The standby refuses an empty operation as malformed and drops the link, so none may reach it:
+// an empty TRIM or WRITE_ZEROES from a client succeeds with nothing written anywhere.
+TEST_F(MirroredVolumeTest, EmptyTrimAndZeroesNeverReachTheStoreOrThePeer) {
+  Volume volume(io_, store_, &peer_, Mode::kSync);
+  int replied = 0;
+  ASSERT_TRUE(volume.Trim(4096, 0, true, [&](base::Status st) { replied += st.ok(); }).ok());
+  ASSERT_TRUE(
+      volume.WriteZeroes(8192, 0, {}, false, [&](base::Status st) { replied += st.ok(); }).ok());
+  ASSERT_TRUE(volume
+                  .WriteZeroes(1 << 20, 0, {.fast_only = true}, false,
+                               [&](base::Status st) { replied += st.ok(); })
+                  .ok());
+  EXPECT_TRUE(testing_support::RunUntil(io_, [&] { return replied == 3; }));
+  EXPECT_EQ(store_.pending_count(), 0u);
+  EXPECT_TRUE(peer_.ops.empty()) << "an empty operation was sent to the peer";
+}
+
 TEST_F(MirroredVolumeTest, LoneSyncWriteIsWrittenThroughAndWaitsForThePeer) {
   Volume volume(io_, store_, &peer_, Mode::kSync);
   auto data = Bytes(4096, 2);
