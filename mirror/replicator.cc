@@ -62,10 +62,15 @@ void Replicator::Start() {
 
 void Replicator::BeginShutdown() {
   shutting_down_ = true;
+  // Operations held by a handshake under way wait for its end, as they would without the
+  // shutdown: streamed if it succeeds, completed without the peer if it fails (the handshake
+  // is bounded by the peer timeout). Completed now, they would be in neither the plan already
+  // agreed nor the stream that follows it.
+  if (handshaking_) {
+    return;
+  }
   // Under `block`, held operations would wait forever for a peer that may never come back.
   // They fail instead of being acknowledged: the operator chose to stop without the peer.
-  // Under `degrade` the only held operations are those waiting out a handshake: they complete
-  // as they would have without the peer.
   auto held = std::move(held_);
   held_.clear();
   for (Pending& op : held) {
@@ -85,7 +90,11 @@ void Replicator::Stop() {
 }
 
 bool Replicator::PeerInSync() const {
-  return Streaming() && peer_disk_ == DiskState::kUpToDate && pending_.empty() && held_.empty();
+  // A running verify may have marked blocks that differ, and raises peer_disk to Inconsistent
+  // only when it ends: until then its marks must not be taken for a clean cycle's.
+  const bool verifying = verifier_ && verifier_->progress().running;
+  return Streaming() && peer_disk_ == DiskState::kUpToDate && pending_.empty() && held_.empty() &&
+         !verifying;
 }
 
 asio::awaitable<void> Replicator::Sleep(std::chrono::milliseconds duration) {
@@ -226,9 +235,15 @@ asio::awaitable<Status> Replicator::ConnectOnce() {
   // From the decision until the link streams, client operations wait (SendOrHold): one
   // acknowledged without the peer in that window would be in neither the plan nor the stream.
   handshaking_ = true;
+  const uint64_t unreplicated_before = unreplicated_count_;
   pb::SyncPlan plan;
   Status agreed = co_await Negotiate(peer_hello, *link, plan);
   handshaking_ = false;
+  if (agreed.ok() && unreplicated_count_ != unreplicated_before) {
+    // Nothing should complete without the peer while operations are held; if anything did, the
+    // plan misses it. Start over: the next plan includes its region.
+    agreed = Status::Error(EAGAIN, "an operation completed without the peer during the handshake");
+  }
   if (!agreed.ok()) {
     CompleteHeldUnreplicated();
     co_return agreed;
@@ -561,6 +576,7 @@ void Replicator::SendOrHold(SendFn send, PeerDone done, bool resync,
 void Replicator::CompleteUnreplicated(Pending op) {
   // The operation was not mirrored: the peer's copy is out of date, and that (with a new
   // generation) must be on disk before the operation is acknowledged.
+  ++unreplicated_count_;
   RecordDivergence();
   if (options_.on_peer_loss == PeerLossPolicy::kBlock) {
     if (shutting_down_) {

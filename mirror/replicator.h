@@ -157,7 +157,7 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   // Bytes copied by every resync of this run, running ones included; never decreases.
   uint64_t resynced_bytes_total() const { return resync_tally_.total(); }
   // True when every write since the start of this connection reached the peer, the peer is
-  // UpToDate, and nothing is in flight: what a clean shutdown may record.
+  // UpToDate, nothing is in flight and no verify is running: what a clean shutdown may record.
   bool PeerInSync() const;
 
  private:
@@ -240,6 +240,9 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   bool stopping_ = false;
   bool shutting_down_ = false;
   bool handshaking_ = false;           // Between the sync decision and streaming.
+  // Operations completed without the peer (CompleteUnreplicated), ever. A handshake during which
+  // this moved is refused: its plan no longer covers what the peer lacks.
+  uint64_t unreplicated_count_ = 0;
   bool resync_again_ = false;          // A local write failed during a resync or verify.
   std::string last_error_;
 };

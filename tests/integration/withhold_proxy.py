@@ -2,14 +2,16 @@
 """withhold_proxy: a TCP proxy between the primary and the standby that can hold back what the
 standby sends. Used by mirror_ack_rule_test.sh.
 
-    withhold_proxy.py LISTEN_PORT TARGET_PORT [--acks-only]
+    withhold_proxy.py LISTEN_PORT TARGET_PORT [--acks-only | --ready-only]
 
 Listens on 127.0.0.1:LISTEN_PORT, and for each connection dials 127.0.0.1:TARGET_PORT and
 copies bytes both ways. SIGUSR1: from now on, bytes from the standby (target -> client) are
 read and kept, not forwarded. SIGUSR2: forward what was kept, in order, and go on forwarding.
 With --acks-only, only the standby's Ack frames are kept; its other frames (heartbeats above
-all) go on flowing, as from a standby whose disk hangs. Primary -> standby always flows. Prints
-"listening" once ready, then "withholding" / "released N bytes" on each signal, flushed.
+all) go on flowing, as from a standby whose disk hangs. With --ready-only, a handshake's Ready
+frame is kept, and everything after it on that connection (the primary is then between its sync
+decision and streaming); "kept Ready" is printed when one is. Primary -> standby always flows.
+Prints "listening" once ready, then "withholding" / "released N bytes" on each signal, flushed.
 Loopback only; exits on SIGTERM.
 """
 
@@ -20,8 +22,10 @@ import sys
 import threading
 
 HEADER = struct.Struct(">IHHIII")  # magic, type, reserved, message_bytes, payload_bytes, crc
+READY = 5
 ACK = 13
 acks_only = "--acks-only" in sys.argv[3:]
+ready_only = "--ready-only" in sys.argv[3:]
 
 withhold = threading.Event()
 lock = threading.RLock()  # Re-entrant: the signal handlers run on the main thread.
@@ -77,10 +81,16 @@ def pump_down(link, target):
             if data == b"":
                 break
             with lock:
-                if acks_only:
+                if acks_only or ready_only:
                     partial.extend(data or b"")
                     for ftype, raw in split_frames(partial):
-                        if ftype == ACK and (withhold.is_set() or kept):
+                        if acks_only:
+                            keep = ftype == ACK and (withhold.is_set() or kept)
+                        else:
+                            keep = (ftype == READY and withhold.is_set()) or bool(kept)
+                            if keep and ftype == READY:
+                                say("kept Ready")
+                        if keep:
                             kept.extend(raw)
                         else:
                             client.sendall(raw)
