@@ -11,10 +11,13 @@
 // The socket is switched to non-blocking mode for synchronous calls (asio's async operations
 // are unaffected). The buffers are consumed as they are sent: on return `buffers` is empty if
 // everything went out, and what is left otherwise. Returns the first error. Loop thread only;
-// the memory the buffers point to must stay valid until the coroutine resumes.
+// the memory the buffers point to must stay valid until the coroutine resumes. If `sent_bytes`
+// is given, it grows by every part of the batch the socket takes, as it takes it: a watchdog can
+// tell a slow reader from one that stopped, even while a large batch is still going out.
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <vector>
 
@@ -65,7 +68,10 @@ size_t SendNow(Socket& socket, const Buffers& buffers, boost::system::error_code
 
 template <typename Socket>
 asio::awaitable<boost::system::error_code> WriteGathered(Socket& socket,
-                                                         std::vector<asio::const_buffer>& buffers) {
+                                                         std::vector<asio::const_buffer>& buffers,
+                                                         uint64_t* sent_bytes = nullptr) {
+  uint64_t ignored = 0;
+  uint64_t& progress = sent_bytes != nullptr ? *sent_bytes : ignored;
   boost::system::error_code ec;
   // asio hands at most kMaxBuffersPerCall buffers to one sendmsg; go on while the socket takes
   // all it is offered, stop (and wait asynchronously) as soon as it takes less.
@@ -84,12 +90,20 @@ asio::awaitable<boost::system::error_code> WriteGathered(Socket& socket,
       co_return ec;
     }
     ConsumeBuffers(buffers, sent);
+    progress += sent;
     if (sent < offered) {
       break;
     }
   }
   if (!buffers.empty()) {
-    co_await asio::async_write(socket, buffers, TransferAllUncapped{},
+    // The completion condition runs after every partial send with the total so far.
+    const uint64_t before = progress;
+    auto condition = [&progress, before](const boost::system::error_code& error,
+                                         size_t transferred) {
+      progress = before + transferred;
+      return TransferAllUncapped{}(error, transferred);
+    };
+    co_await asio::async_write(socket, buffers, condition,
                                asio::redirect_error(asio::use_awaitable, ec));
     if (!ec) {
       buffers.clear();

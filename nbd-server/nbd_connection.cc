@@ -1,6 +1,8 @@
 #include "nbd-server/nbd_connection.h"
 
+#include <linux/sockios.h>
 #include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
 
 #include <algorithm>
 #include <cstring>
@@ -88,7 +90,7 @@ asio::awaitable<void> NbdConnection::WatchForStalls() {
   // dropped between one and one and a half timeouts after it stopped moving.
   const auto half = std::chrono::milliseconds(info_.stall_timeout_ms) / 2;
   uint64_t receives_seen = receives_;
-  uint64_t sends_seen = sends_;
+  uint64_t delivered_seen = DeliveredBytes();
   int stalled_looks = 0;
   while (!finished_ && !socket_broken_) {
     stall_timer_.expires_after(half);
@@ -97,10 +99,11 @@ asio::awaitable<void> NbdConnection::WatchForStalls() {
     if (finished_ || socket_broken_) {
       break;
     }
+    const uint64_t delivered = DeliveredBytes();
     const bool stalled = (awaiting_payload_ && receives_ == receives_seen) ||
-                         (sending_ && sends_ == sends_seen);
+                         (sending_ && delivered == delivered_seen);
     receives_seen = receives_;
-    sends_seen = sends_;
+    delivered_seen = delivered;
     stalled_looks = stalled ? stalled_looks + 1 : 0;
     if (stalled_looks >= 2) {
       spdlog::warn("nbd {}: no progress for {} ms ({}); dropping the client and giving back "
@@ -112,6 +115,17 @@ asio::awaitable<void> NbdConnection::WatchForStalls() {
       break;
     }
   }
+}
+
+uint64_t NbdConnection::DeliveredBytes() {
+  // SIOCOUTQ: bytes in the send queue the client has not read yet (unix) or not acknowledged
+  // (TCP). The writer wakes only once the queue has drained well below its size (a quarter,
+  // for unix sockets of several MiB), so what the socket took says little about a slow reader.
+  int queued = 0;
+  if (::ioctl(socket_.native_handle(), SIOCOUTQ, &queued) != 0 || queued < 0) {
+    queued = 0;
+  }
+  return sent_bytes_ - std::min<uint64_t>(sent_bytes_, static_cast<uint64_t>(queued));
 }
 
 void NbdConnection::Stop() {
@@ -572,7 +586,7 @@ bool NbdConnection::TrySendAtOnce(PendingReply& reply) {
   if (ec) {
     return false;
   }
-  ++sends_;
+  sent_bytes_ += sent;
   if (sent < total) {
     reply.sent_bytes = sent;
     return false;
@@ -608,9 +622,9 @@ asio::awaitable<void> NbdConnection::WriteReplies() {
     }
     if (!socket_broken_) {
       sending_ = true;
-      const boost::system::error_code ec = co_await base::WriteGathered(socket_, buffers);
+      const boost::system::error_code ec =
+          co_await base::WriteGathered(socket_, buffers, &sent_bytes_);
       sending_ = false;
-      ++sends_;
       if (ec) {
         // The client is gone; its remaining replies are dropped, its requests still complete.
         spdlog::info("nbd {}: {}", client_name_, SocketStatus(ec, "send").ToString());

@@ -102,6 +102,8 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   void ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::string& message);
   void QueueReply(PendingReply reply);
   bool TrySendAtOnce(PendingReply& reply);
+  // Reply bytes the client has taken: sent, less what still waits in the socket (SIOCOUTQ).
+  uint64_t DeliveredBytes();
   void ReleaseSlot(size_t slot);
 
   Socket socket_;
@@ -122,11 +124,13 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   bool socket_broken_ = false;
   bool writer_exit_ = false;
   // Stall watch: set while the reader waits for a WRITE payload (or skips one) and while the
-  // writer sends; the counters move with every completed receive and send.
+  // writer sends; the counters move with every completed receive and every byte the socket
+  // takes (a batch of replies can be tens of MiB: a slow reader makes progress within it).
+  // A reader's progress is what it took out of the socket: DeliveredBytes().
   bool awaiting_payload_ = false;
   bool sending_ = false;
   uint64_t receives_ = 0;
-  uint64_t sends_ = 0;
+  uint64_t sent_bytes_ = 0;
   bool finished_ = false;
   asio::steady_timer stall_timer_;
   base::AsyncEvent reader_wakeup_;

@@ -16,6 +16,11 @@
 #      share), so only the stall timeout can serve a fourth client: its WRITE, READ and FLUSH
 #      must complete within its 10 s timeout, the writers' sockets be closed by the server, the
 #      log name both kinds of stall, and the pool be empty afterwards.
+#   3. --client-stall-timeout-ms 1000: a slow but steady reader is not a stalled one. A client
+#      pipelines 16 READs of 1 MiB and reads its replies at about 2 MiB/s (32 KiB at a time);
+#      the server sends them in batches of several MiB, each taking seconds. Every reply must
+#      arrive, whole and without error, and the log must name no stall. (The watch used to count
+#      only whole batches sent, so such a reader was dropped halfway through one.)
 
 # shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
@@ -28,7 +33,7 @@ sock=$NM_TMP/nbd.sock
 MIB=$((1 << 20))
 
 cat >"$NM_TMP/clients.py" <<'PY'
-import sys, time
+import struct, sys, time
 sys.path.insert(0, sys.argv[1])
 import nbd_client as nbd
 
@@ -54,6 +59,29 @@ elif role == "stalled-writer":
     c.sock.settimeout(None)
     got = c.sock.recv(1)  # Returns b"" once the server drops this client.
     sys.exit(0 if got == b"" else 3)
+elif role == "slow-reader":
+    c = nbd.Connection(unix_path=sock, timeout=30)
+    c.connect()
+    fast_recv_exact = c.recv_exact
+    def slow_recv_exact(n):  # At most 32 KiB per 15 ms: about 2 MiB/s.
+        parts = []
+        while n > 0:
+            piece = fast_recv_exact(min(n, 32 << 10))
+            parts.append(piece)
+            n -= len(piece)
+            time.sleep(0.015)
+        return b"".join(parts)
+    c.recv_exact = slow_recv_exact
+    for i in range(16):
+        c.send_request(nbd.CMD_READ, i * MIB, MIB)
+    try:
+        for i in range(16):
+            r = c.read_reply()
+            if r.error != 0 or len(r.data) != MIB:
+                fail(f"READ reply {i}: error {r.error}, {len(r.data)} bytes")
+    except (ConnectionError, nbd.ProtocolError, struct.error) as e:
+        fail(f"the server dropped a slow but steady reader: {e!r}")
+    c.disconnect()
 else:  # "good": a normal client must be served.
     c = nbd.Connection(unix_path=sock, timeout=10)
     c.connect()
@@ -133,5 +161,16 @@ replies=$(nm_count_in_log "$log" "its replies left unread")
 ((replies == 1)) || nm_fail "$replies log lines about a client dropped for unread replies, expected 1"
 nm_wait_for 20 "the pool empty again" test "$(in_use)" = 0
 nm_log "part 2: two stalled writers and a stalled reader dropped, a fourth client served, pool empty"
+nm_stop_clean "$daemon" daemon
+
+# ---- 3: a 1 s stall timeout; a reader that is slow but never stops --------------------------
+nm_start_primary "$volume" "$sock" --buffer-mib 64 --client-stall-timeout-ms 1000
+daemon=$NM_PID
+log=$NM_LOG
+python3 "$NM_TMP/clients.py" "$lib_dir" "$sock" slow-reader ||
+  nm_fail "a slow but steady reader was not served to the end (above)"
+stalls=$(nm_count_in_log "$log" "no progress for")
+((stalls == 0)) || nm_fail "$stalls stalls logged for a client that kept reading"
+nm_log "part 3: 16 MiB of replies read at about 2 MiB/s with a 1 s stall timeout, none dropped"
 nm_stop_clean "$daemon" daemon
 nm_log "PASS"
