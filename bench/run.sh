@@ -7,6 +7,11 @@
 #   nbdkit          nbdkit's file plugin on backing file B, default settings (page cache)
 #   nbdkit-nocache  nbdkit's file plugin on file B with cache=none, if the plugin has it
 #   raw             no server: fio's io_uring engine with direct=1 on file C (the disk's limit)
+# and, only when named in BENCH_TARGETS, two references for what any NBD server can reach here:
+#   nbdkit-null     nbdkit's null plugin: no I/O at all, so its figures are fio's nbd engine and
+#                   the protocol's round trips alone
+#   raw-dsync       as raw, but every write is O_DSYNC (fio --sync=dsync): a durable write in one
+#                   request, what a server that writes through pays the disk per write
 # The order of the targets rotates with the repetition so none always runs first.
 #
 # Every server is started fresh for each measurement and stopped with SIGTERM right after it.
@@ -22,7 +27,8 @@
 #   BENCH_REPS=3       repetitions; the report takes medians
 #   BENCH_SIZE=2G      size of each backing file (IEC suffixes; a multiple of 1 MiB)
 #   BENCH_JOBS="..."   subset of job names (default: all six, in the order of bench/README.md)
-#   BENCH_TARGETS="..."  subset of targets (default: all four)
+#   BENCH_TARGETS="..."  targets (default: nbdmirror nbdkit nbdkit-nocache raw; nbdkit-null and
+#                        raw-dsync only when named)
 #   BENCH_TMPDIR=/var/tmp  where the backing files go; must be on the disk you mean to measure
 #   BENCH_OUT=bench/out    parent of the timestamped output directory
 #   NBDMIRROR_BIN=build/nbdmirror  the binary under test (copied before the run starts)
@@ -117,7 +123,7 @@ if nbdkit file --help 2>&1 | grep -q '^cache='; then
 fi
 for target in "${target_names[@]}"; do
   case $target in
-    nbdmirror | nbdkit | raw) ;;
+    nbdmirror | nbdkit | raw | nbdkit-null | raw-dsync) ;;
     nbdkit-nocache) $nbdkit_has_cache_none || die "this nbdkit's file plugin has no cache=none" ;;
     *) die "unknown target $target" ;;
   esac
@@ -264,7 +270,9 @@ run_one() {
       -U "$sock" file "$tmp/B") ;;
     nbdkit-nocache) server_cmd=(${server_cpus:+taskset -c "$server_cpus"} nbdkit
       --exit-with-parent -f -U "$sock" file "$tmp/B" cache=none) ;;
-    raw) ;;
+    nbdkit-null) server_cmd=(${server_cpus:+taskset -c "$server_cpus"} nbdkit --exit-with-parent
+      -f -U "$sock" null "size=$size_bytes") ;;
+    raw | raw-dsync) ;;
   esac
   if ((${#server_cmd[@]})); then
     target_args=(--ioengine=nbd "--uri=$uri")
@@ -273,6 +281,11 @@ run_one() {
     target_args=(--ioengine=io_uring --direct=1 "--filename=$tmp/C")
     fsync=0
     fdatasync=1
+    if [[ $target == raw-dsync ]]; then
+      # The write carries its own flush (RWF_DSYNC), so no fdatasync after it.
+      target_args+=(--sync=dsync)
+      fdatasync=0
+    fi
   fi
 
   drop_caches
