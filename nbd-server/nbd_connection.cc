@@ -5,6 +5,8 @@
 #include <sys/ioctl.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstring>
 
 #include "base/gathered_write.h"
@@ -77,6 +79,9 @@ asio::awaitable<void> NbdConnection::Run() {
   writer_exit_ = true;
   writer_wakeup_.Notify();
   boost::system::error_code ignored;
+  if (!socket_broken_ && socket_.local_endpoint(ignored).protocol().family() != AF_UNIX) {
+    co_await LetTcpRepliesOut();
+  }
   socket_.shutdown(asio::socket_base::shutdown_both, ignored);
   socket_.close(ignored);
   finished_ = true;
@@ -126,6 +131,40 @@ uint64_t NbdConnection::DeliveredBytes() {
     queued = 0;
   }
   return sent_bytes_ - std::min<uint64_t>(sent_bytes_, static_cast<uint64_t>(queued));
+}
+
+// TCP resets a connection closed with input unread (requests the client sent after the reader
+// stopped), and a reset throws away whatever replies the client has not acknowledged yet: a
+// client that pipelines and reads its replies late would lose replies to requests that
+// completed. So the writing side is shut (the FIN follows the last reply), input is read and
+// dropped, and the socket closes once the client has acknowledged everything or after a few
+// seconds. Unix sockets keep queued data whatever the peer does.
+asio::awaitable<void> NbdConnection::LetTcpRepliesOut() {
+  constexpr auto kMaxLinger = std::chrono::seconds(5);
+  constexpr auto kLook = std::chrono::milliseconds(10);
+  boost::system::error_code ec;
+  socket_.shutdown(asio::socket_base::shutdown_send, ec);
+  if (!socket_.non_blocking()) {
+    socket_.non_blocking(true, ec);
+  }
+  std::array<std::byte, 16 * 1024> sink;
+  asio::steady_timer look(socket_.get_executor());
+  const auto deadline = std::chrono::steady_clock::now() + kMaxLinger;
+  while (true) {
+    // Drop what has arrived. After shutdown_receive a read may say EOF with nothing queued.
+    size_t got = 0;
+    do {
+      got = socket_.read_some(asio::buffer(sink), ec);
+    } while (!ec && got > 0);
+    const bool peer_gone = ec && ec != asio::error::would_block && ec != asio::error::eof;
+    int queued = 0;
+    if (peer_gone || ::ioctl(socket_.native_handle(), SIOCOUTQ, &queued) != 0 || queued == 0 ||
+        std::chrono::steady_clock::now() >= deadline) {
+      co_return;
+    }
+    look.expires_after(kLook);
+    co_await look.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 void NbdConnection::Stop() {

@@ -104,6 +104,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   bool TrySendAtOnce(PendingReply& reply);
   // Reply bytes the client has taken: sent, less what still waits in the socket (SIOCOUTQ).
   uint64_t DeliveredBytes();
+  asio::awaitable<void> LetTcpRepliesOut();
   void ReleaseSlot(size_t slot);
 
   Socket socket_;
