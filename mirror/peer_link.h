@@ -8,6 +8,8 @@
 //               it; the link has already recorded (durably) that the peer's copy is outdated.
 //   kAborted    the peer is not there, the policy is `block`, and the daemon is shutting down:
 //               the operation must fail rather than be acknowledged without the peer.
+//   kUnrecorded the peer is not there and the link could not record durably that its copy is
+//               outdated (the metadata write failed): the operation must fail (EIO).
 // Under the `block` policy a link never answers kDegraded: it holds `done` until the peer is
 // back and has the operation.
 //
@@ -22,7 +24,7 @@
 
 namespace mirror {
 
-enum class PeerOutcome { kConfirmed, kDegraded, kAborted };
+enum class PeerOutcome { kConfirmed, kDegraded, kAborted, kUnrecorded };
 using PeerDone = base::Callback<void(PeerOutcome)>;
 
 class PeerLink {

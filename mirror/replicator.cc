@@ -415,18 +415,21 @@ void Replicator::MarkPeerDisk(DiskState state) {
   Status st = metadata_.Update([state](VolumeMetadata& md) { md.peer_disk = state; });
   if (!st.ok()) {
     spdlog::critical("cannot record peer disk {}: {}", DiskStateName(state), st.ToString());
+    metadata_behind_ = true;
   }
 }
 
-void Replicator::RecordDivergence() {
+bool Replicator::RecordDivergence() {
   const VolumeMetadata& md = metadata_.get();
   const bool mint = md.gens.current_shared;
   if (peer_disk_ == DiskState::kUpToDate) {
     peer_disk_ = DiskState::kOutdated;
   }
-  if (!mint && md.peer_disk == peer_disk_) {
-    return;
+  if (!mint && md.peer_disk == peer_disk_ && !metadata_behind_) {
+    return true;
   }
+  // After a failed update memory already holds the minted generation: writing the superblock
+  // again (with whatever else changed) is the retry.
   Status st = metadata_.Update([this, mint](VolumeMetadata& next) {
     if (mint) {
       DivergeFromPeer(next.gens);
@@ -434,11 +437,27 @@ void Replicator::RecordDivergence() {
     next.peer_disk = peer_disk_;
   });
   if (!st.ok()) {
-    spdlog::critical("cannot record writing without the peer: {}", st.ToString());
-  } else if (mint) {
+    if (!metadata_behind_) {
+      spdlog::critical(
+          "cannot record writing without the peer: {}; writes that the peer does not get fail "
+          "with EIO until the record succeeds",
+          st.ToString());
+    }
+    metadata_behind_ = true;
+    return false;
+  }
+  if (metadata_behind_) {
+    spdlog::warn(
+        "the peer's state is recorded again (peer {}, generation {}); writes without "
+        "it are acknowledged",
+        DiskStateName(peer_disk_), GenerationText(metadata_.get().gens.current));
+    metadata_behind_ = false;
+  }
+  if (mint) {
     spdlog::info("writing without peer {}: new generation {}", options_.peer_node_id,
                  GenerationText(metadata_.get().gens.current));
   }
+  return true;
 }
 
 void Replicator::StartResync() {
@@ -577,7 +596,7 @@ void Replicator::CompleteUnreplicated(Pending op) {
   // The operation was not mirrored: the peer's copy is out of date, and that (with a new
   // generation) must be on disk before the operation is acknowledged.
   ++unreplicated_count_;
-  RecordDivergence();
+  const bool recorded = RecordDivergence();
   if (options_.on_peer_loss == PeerLossPolicy::kBlock) {
     if (shutting_down_) {
       asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kAborted); });
@@ -586,7 +605,8 @@ void Replicator::CompleteUnreplicated(Pending op) {
     held_.push_back(std::move(op));
     return;
   }
-  asio::post(io_, [done = std::move(op.done)] { done(PeerOutcome::kDegraded); });
+  const PeerOutcome outcome = recorded ? PeerOutcome::kDegraded : PeerOutcome::kUnrecorded;
+  asio::post(io_, [done = std::move(op.done), outcome] { done(outcome); });
 }
 
 void Replicator::ReleaseHeld() {

@@ -202,7 +202,9 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   void CompleteUnreplicated(Pending op);
   void MarkPeerDisk(DiskState state);
   // The first write without the peer: a new current generation, the peer Outdated, durably.
-  void RecordDivergence();
+  // False when that could not be made durable (the superblock's write failed, now or before):
+  // nothing may then be acknowledged without the peer.
+  bool RecordDivergence();
   void StartResync();
   void OnResyncFinished(bool complete);
   void ReleaseHeld();
@@ -243,6 +245,9 @@ class Replicator final : public PeerLink, public transport::FrameHandler {
   // Operations completed without the peer (CompleteUnreplicated), ever. A handshake during which
   // this moved is refused: its plan no longer covers what the peer lacks.
   uint64_t unreplicated_count_ = 0;
+  // A superblock update failed: the state on disk lags the state in memory (Superblock::Update
+  // changes memory either way). Every record retries until one succeeds.
+  bool metadata_behind_ = false;
   bool resync_again_ = false;          // A local write failed during a resync or verify.
   std::string last_error_;
 };

@@ -12,6 +12,26 @@ using base::Status;
 using base::MicrosSince;
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// The error a request gets when the peer's answer forbids acknowledging it; OK otherwise.
+Status PeerRefusal(PeerOutcome outcome) {
+  switch (outcome) {
+    case PeerOutcome::kAborted:
+      return Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)");
+    case PeerOutcome::kUnrecorded:
+      return Status::Error(EIO,
+                           "the peer is away and that could not be recorded (metadata write "
+                           "failed)");
+    case PeerOutcome::kConfirmed:
+    case PeerOutcome::kDegraded:
+      break;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 // One client write between its range grant and its reply.
 struct Volume::PendingWrite {
   InflightRanges::Ticket ticket = 0;
@@ -25,7 +45,7 @@ struct Volume::PendingWrite {
   bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
   bool peer_degraded = false;
-  bool peer_aborted = false;
+  PeerOutcome peer_outcome = PeerOutcome::kConfirmed;
   // FAST_ZERO: a refusal (ENOTSUP) is an answer, not a disk error, and must change neither
   // copy, so the peer is asked only once the local zeroing succeeded.
   bool fast_zero = false;
@@ -216,7 +236,7 @@ void Volume::StartPeer(const std::shared_ptr<PendingWrite>& write) {
     }
     write->peer_done = true;
     write->peer_degraded = outcome == PeerOutcome::kDegraded;
-    write->peer_aborted = outcome == PeerOutcome::kAborted;
+    write->peer_outcome = outcome;
     MaybeFinish(write);
   });
 }
@@ -297,8 +317,9 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   stats_.degraded_writes += write->peer_degraded ? 1 : 0;
   base::RecordSince(write->arrived, stats_.modify, recent_modify_);
   auto done = std::move(write->done);
-  if (write->peer_aborted && write->local_status.ok()) {
-    done(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
+  if (Status refused = PeerRefusal(write->peer_outcome);
+      !refused.ok() && write->local_status.ok()) {
+    done(std::move(refused));
     return;
   }
   done(std::move(write->local_status));
@@ -310,7 +331,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
   struct FlushState {
     bool local_done = false;
     bool peer_done = false;
-    bool peer_aborted = false;
+    PeerOutcome peer_outcome = PeerOutcome::kConfirmed;
     Status local_status;
     nbd::DoneCallback done;
   };
@@ -339,8 +360,9 @@ Status Volume::Flush(nbd::DoneCallback done) {
     }
     base::RecordSince(arrived, stats_.flush, recent_flush_);
     auto cb = std::move(state->done);
-    if (state->peer_aborted && state->local_status.ok()) {
-      cb(Status::Error(ESHUTDOWN, "shutting down without the peer (on-peer-loss block)"));
+    if (Status refused = PeerRefusal(state->peer_outcome);
+        !refused.ok() && state->local_status.ok()) {
+      cb(std::move(refused));
       return;
     }
     cb(std::move(state->local_status));
@@ -358,7 +380,7 @@ Status Volume::Flush(nbd::DoneCallback done) {
         peer_volatile_flushed_ = std::max(peer_volatile_flushed_, volatile_writes);
       }
       state->peer_done = true;
-      state->peer_aborted = outcome == PeerOutcome::kAborted;
+      state->peer_outcome = outcome;
       finish();
     });
   }

@@ -39,7 +39,7 @@ echo "=== sanitizer build (address,undefined)"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 run_ctest asan-unit build-asan -L unit -j "$(nproc)"
 run_ctest asan-sim build-asan -L sim
-run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|faults|shutdown|mirror_basic|mirror_bad_peer|mirror_resync|mirror_verify|metrics|stalled_client|mirror_fast_zero|mirror_standby_disk_failure)_test'
+run_ctest asan-integration build-asan -R 'integration\.(protocol|nbdcopy|qemu|faults|shutdown|mirror_basic|mirror_bad_peer|mirror_resync|mirror_verify|metrics|stalled_client|mirror_fast_zero|mirror_standby_disk_failure|mirror_empty_requests|mirror_shutdown_handshake|mirror_metadata_failure|tcp_shutdown)_test'
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 echo "=== fuzzers (clang libFuzzer)"

@@ -348,6 +348,27 @@ TEST_F(MirroredVolumeTest, DegradedPeerNeverFailsAWrite) {
   EXPECT_EQ(volume.stats().degraded_writes, 1u);
 }
 
+// The link could not record durably that the peer is out of date: a write (or FLUSH) it did not
+// mirror must fail rather than be acknowledged.
+TEST_F(MirroredVolumeTest, UnrecordedPeerLossFailsTheWriteAndTheFlush) {
+  Volume volume(io_, store_, &peer_, Mode::kFlush);
+  auto data = Bytes(4096, 5);
+  base::Status wrote = base::Status::Ok(), flushed = base::Status::Ok();
+  ASSERT_TRUE(volume.Write(0, data, false, [&](base::Status st) { wrote = st; }).ok());
+  peer_.Answer(PeerOutcome::kUnrecorded);
+  store_.CompleteAll();
+  EXPECT_EQ(wrote.errno_value(), EIO) << wrote.ToString();
+  EXPECT_EQ(volume.stats().degraded_writes, 0u);
+  ASSERT_TRUE(volume.Write(8192, data, false, [](base::Status) {}).ok());
+  peer_.Answer(PeerOutcome::kConfirmed);
+  store_.CompleteAll();
+  ASSERT_TRUE(volume.Flush([&](base::Status st) { flushed = st; }).ok());
+  ASSERT_FALSE(peer_.ops.empty()) << "the FLUSH must ask the peer";
+  peer_.Answer(PeerOutcome::kUnrecorded);
+  store_.CompleteAll();
+  EXPECT_EQ(flushed.errno_value(), EIO) << flushed.ToString();
+}
+
 TEST_F(MirroredVolumeTest, OverlappingWriteReachesThePeerOnlyAfterTheFirstIsConfirmed) {
   Volume volume(io_, store_, &peer_, Mode::kFlush);
   auto a = Bytes(4096, 6), b = Bytes(4096, 7);
