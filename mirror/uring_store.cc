@@ -156,7 +156,7 @@ Status UringStore::CheckRange(uint64_t offset_bytes, uint64_t length_bytes,
 
 ByteRange UringStore::Footprint(uint64_t offset_bytes, uint64_t length_bytes) const {
   // Buffers come from aligned pools, so offset and length decide which descriptor FdFor picks.
-  if (!direct_io() || ((offset_bytes | length_bytes) & (alignment_bytes_ - 1)) == 0) {
+  if (!direct_io() || Aligned(offset_bytes | length_bytes)) {
     return {offset_bytes, length_bytes};
   }
   const uint64_t block = cache_block_bytes_;
@@ -167,10 +167,8 @@ ByteRange UringStore::Footprint(uint64_t offset_bytes, uint64_t length_bytes) co
 }
 
 int UringStore::FdFor(uint64_t offset_bytes, uint64_t length_bytes, const void* buffer) const {
-  const uint64_t mask = alignment_bytes_ - 1;
-  const bool aligned = ((offset_bytes | length_bytes | reinterpret_cast<uintptr_t>(buffer)) &
-                        mask) == 0;
-  return aligned ? direct_fd_ : buffered_fd_;
+  return Aligned(offset_bytes | length_bytes | reinterpret_cast<uintptr_t>(buffer)) ? direct_fd_
+                                                                                    : buffered_fd_;
 }
 
 UringStore::Op* UringStore::NewOp(OpKind kind, int fd, uint64_t offset_bytes,

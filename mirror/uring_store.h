@@ -85,6 +85,8 @@ class UringStore final : public LocalStore {
 
   UringStore(asio::io_context& io, std::string path);
   base::Status CheckRange(uint64_t offset_bytes, uint64_t length_bytes, const char* what) const;
+  // True when `bits` (offsets, lengths and addresses or'ed together) suit O_DIRECT.
+  bool Aligned(uint64_t bits) const { return (bits & (alignment_bytes_ - 1)) == 0; }
   int FdFor(uint64_t offset_bytes, uint64_t length_bytes, const void* buffer) const;
   base::Status SubmitWrite(uint64_t offset_bytes, std::span<const std::byte> data,
                            bool write_through, StoreDone done);

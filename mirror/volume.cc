@@ -44,8 +44,8 @@ struct Volume::PendingWrite {
   bool write_through = false;      // Submitted as a write-through.
   bool local_done = false;   // Written (and, if durable, synced) locally, or failed.
   bool peer_done = false;    // Confirmed or degraded by the link (or there is no peer).
-  bool peer_degraded = false;
-  PeerOutcome peer_outcome = PeerOutcome::kConfirmed;
+  PeerOutcome peer_outcome =
+      PeerOutcome::kConfirmed;  // The link's answer (kConfirmed without one).
   // FAST_ZERO: a refusal (ENOTSUP) is an answer, not a disk error, and must change neither
   // copy, so the peer is asked only once the local zeroing succeeded.
   bool fast_zero = false;
@@ -235,7 +235,6 @@ void Volume::StartPeer(const std::shared_ptr<PendingWrite>& write) {
       peer_volatile_writes_ += durable ? 0 : 1;
     }
     write->peer_done = true;
-    write->peer_degraded = outcome == PeerOutcome::kDegraded;
     write->peer_outcome = outcome;
     MaybeFinish(write);
   });
@@ -314,7 +313,7 @@ void Volume::MaybeFinish(const std::shared_ptr<PendingWrite>& write) {
   ranges_.Release(write->ticket);
   --stats_.writes_in_flight;
   stats_.bytes_in_flight -= write->length_bytes;
-  stats_.degraded_writes += write->peer_degraded ? 1 : 0;
+  stats_.degraded_writes += write->peer_outcome == PeerOutcome::kDegraded ? 1 : 0;
   base::RecordSince(write->arrived, stats_.modify, recent_modify_);
   auto done = std::move(write->done);
   if (Status refused = PeerRefusal(write->peer_outcome);

@@ -122,15 +122,20 @@ asio::awaitable<void> NbdConnection::WatchForStalls() {
   }
 }
 
-uint64_t NbdConnection::DeliveredBytes() {
+uint64_t NbdConnection::QueuedBytes() {
   // SIOCOUTQ: bytes in the send queue the client has not read yet (unix) or not acknowledged
-  // (TCP). The writer wakes only once the queue has drained well below its size (a quarter,
-  // for unix sockets of several MiB), so what the socket took says little about a slow reader.
+  // (TCP). 0 if the socket cannot say (closed, say).
   int queued = 0;
   if (::ioctl(socket_.native_handle(), SIOCOUTQ, &queued) != 0 || queued < 0) {
-    queued = 0;
+    return 0;
   }
-  return sent_bytes_ - std::min<uint64_t>(sent_bytes_, static_cast<uint64_t>(queued));
+  return static_cast<uint64_t>(queued);
+}
+
+uint64_t NbdConnection::DeliveredBytes() {
+  // The writer wakes only once the queue has drained well below its size (a quarter, for unix
+  // sockets of several MiB), so what the socket took says little about a slow reader.
+  return sent_bytes_ - std::min(sent_bytes_, QueuedBytes());
 }
 
 // TCP resets a connection closed with input unread (requests the client sent after the reader
@@ -157,9 +162,7 @@ asio::awaitable<void> NbdConnection::LetTcpRepliesOut() {
       got = socket_.read_some(asio::buffer(sink), ec);
     } while (!ec && got > 0);
     const bool peer_gone = ec && ec != asio::error::would_block && ec != asio::error::eof;
-    int queued = 0;
-    if (peer_gone || ::ioctl(socket_.native_handle(), SIOCOUTQ, &queued) != 0 || queued == 0 ||
-        std::chrono::steady_clock::now() >= deadline) {
+    if (peer_gone || QueuedBytes() == 0 || std::chrono::steady_clock::now() >= deadline) {
       co_return;
     }
     look.expires_after(kLook);

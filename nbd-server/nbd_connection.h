@@ -102,7 +102,9 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   void ReplyErrorChunk(size_t slot, uint32_t nbd_error, const std::string& message);
   void QueueReply(PendingReply reply);
   bool TrySendAtOnce(PendingReply& reply);
-  // Reply bytes the client has taken: sent, less what still waits in the socket (SIOCOUTQ).
+  // Reply bytes still in the socket's send queue, not yet taken by the client.
+  uint64_t QueuedBytes();
+  // Reply bytes the client has taken: sent, less what QueuedBytes() still holds.
   uint64_t DeliveredBytes();
   asio::awaitable<void> LetTcpRepliesOut();
   void ReleaseSlot(size_t slot);
